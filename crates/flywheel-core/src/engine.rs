@@ -1,0 +1,119 @@
+//! The two engine traits: a [`Generator`] samples completions, a [`Trainer`] learns from examples.
+//!
+//! Both are deliberately small. A strategy batches everything one phase needs into one call so that
+//! an engine can share prompt work (the k samples of a problem share a prefill) and keep its batch
+//! full.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Reporter, Result, TrainExample};
+
+/// How to sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// Softmax temperature; `0.0` means greedy decoding.
+    pub temperature: f32,
+    /// Nucleus sampling mass in `(0, 1]`; `1.0` disables it.
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens; `0` disables it.
+    pub top_k: usize,
+    /// Upper bound on generated tokens per completion.
+    pub max_new_tokens: usize,
+    /// Strings that end a completion; the stop string itself is not part of the text.
+    pub stop: Vec<String>,
+    /// Seed of the sampler; the same seed, inputs and thread count give the same completions.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: Vec::new(), seed: 0 }
+    }
+}
+
+/// One prompt and how many completions to draw from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationRequest {
+    /// The full prompt text, already rendered (chat template applied where the model has one).
+    pub prompt: String,
+    /// Number of completions to sample from this prompt.
+    pub n: usize,
+}
+
+/// Why a completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model emitted its end-of-sequence token or a stop string.
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+}
+
+/// One sampled completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The generated text, without the prompt and without the stop string.
+    pub text: String,
+    /// Number of tokens generated.
+    pub tokens: usize,
+    /// Why generation ended.
+    pub finish: FinishReason,
+}
+
+/// Samples completions from a model.
+pub trait Generator {
+    /// Draws `request.n` completions for every request, in order: the result's `i`-th entry holds
+    /// the completions of `requests[i]`.
+    fn generate(
+        &mut self,
+        requests: &[GenerationRequest],
+        params: &SamplingParams,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<Vec<Completion>>>;
+}
+
+/// Optimisation settings of one training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingParams {
+    /// Number of optimiser steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Linear warm-up steps before the peak.
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; `0.0` disables clipping.
+    pub grad_clip: f64,
+    /// Seed for shuffling (and dropout where used).
+    pub seed: u64,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Mean loss over the first tenth of the steps.
+    pub first_loss: f64,
+    /// Mean loss over the last tenth of the steps.
+    pub last_loss: f64,
+    /// Target (unmasked) tokens seen.
+    pub target_tokens: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Fine-tunes a model on chat examples, loss on assistant turns only.
+pub trait Trainer {
+    /// Trains on `examples` with `params`, updating the trainer's model in place.
+    fn train(
+        &mut self,
+        examples: &[TrainExample],
+        params: &TrainingParams,
+        reporter: &dyn Reporter,
+    ) -> Result<TrainSummary>;
+}

@@ -1,0 +1,80 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use flywheel_verify::Format;
+
+/// Make a language model improve itself by generating its own training data.
+#[derive(Debug, Parser)]
+#[command(name = "flywheel", version, about)]
+pub struct Cli {
+    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Judge completions against gold answers (JSONL in, JSONL out).
+    Judge(JudgeArgs),
+    /// Measure throughput of flywheel's parts.
+    Bench(BenchArgs),
+}
+
+const FORMAT_HELP: &str = "How completions mark their final answer:
+  auto         every explicit marker below but last-number; the one that starts last wins
+  gsm8k        the rest of the line after the last '####'
+  boxed        the last \\boxed{...} or \\fbox{...} (nested braces)
+  answer-is    'the answer is X' / 'the final answer is: X', to the end of the sentence
+  final-line   the last line starting 'A:', 'Answer:' or 'Final answer:'
+  last-number  the last number in the text";
+
+/// Arguments of `flywheel judge`.
+#[derive(Debug, Args)]
+#[command(after_help = "Each input line is a JSON object with a string field `completion` and a string field \
+`gold` (a bare answer such as \"18\", or a whole worked solution ending in \"#### 18\"). Each output line \
+keeps every input field and adds `extracted` (the answer span found, or null) and `correct` (bool).\n\n\
+Numbers compare as numbers: 1,234 = $1234.00, 3/4 = 0.75, 25% = 25, '18 dollars' = 18; integers exactly, \
+other numbers within a relative 1e-9. Text compares as a whole, lower-cased, white space collapsed: \
+never as a substring. An empty or missing answer is never correct.")]
+pub struct JudgeArgs {
+    /// JSONL file to judge; `-` reads standard input.
+    #[arg(long, short)]
+    pub input: PathBuf,
+    #[arg(long, short, default_value_t = Format::Auto, long_help = FORMAT_HELP)]
+    /// How completions mark their final answer (see --help).
+    pub format: Format,
+    /// Where no marker of the format is found, take the last number of the completion.
+    #[arg(long)]
+    pub last_number_fallback: bool,
+    /// Pass malformed lines through with an `error` field instead of stopping.
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+/// Arguments of `flywheel bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    pub what: BenchTarget,
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchTarget {
+    /// Judged completions per second on one core (the verifier alone, no JSON).
+    Judge {
+        /// GSM8K-style JSONL with `answer` fields (worked solutions); their texts are the completions.
+        #[arg(long, default_value = "../shared/datasets/gsm8k/test.jsonl")]
+        data: PathBuf,
+        /// Seconds to measure for.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+}
