@@ -117,3 +117,43 @@ pub trait Trainer {
         reporter: &dyn Reporter,
     ) -> Result<TrainSummary>;
 }
+
+/// A model that can be written to a directory and read back by its engine's loader.
+pub trait Checkpoint {
+    /// Writes the model (weights, config, tokenizer) to `dir`, creating it.
+    fn save(&self, dir: &std::path::Path) -> Result<()>;
+}
+
+/// The shape of a Llama-architecture model, for engines that create one from scratch.
+///
+/// Field names follow Hugging Face's `config.json`, so a config can be read by either side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Architecture {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention); equal to the heads for plain multi-head attention.
+    pub num_key_value_heads: usize,
+    /// RoPE base.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Longest sequence the model handles.
+    pub max_position_embeddings: usize,
+    /// Share the input embedding with the output projection.
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+fn default_true() -> bool {
+    true
+}

@@ -14,7 +14,8 @@ mod example;
 mod report;
 
 pub use engine::{
-    Completion, FinishReason, GenerationRequest, Generator, SamplingParams, TrainSummary, Trainer, TrainingParams,
+    Architecture, Checkpoint, Completion, FinishReason, GenerationRequest, Generator, SamplingParams, TrainSummary,
+    Trainer, TrainingParams,
 };
 pub use error::{CoreError, Result};
 pub use example::{Message, Problem, Role, TrainExample};

@@ -20,10 +20,55 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start a run: train or load the base model, then improve it for the configured iterations.
+    Run(RunArgs),
+    /// Continue a stopped run from its last finished iteration (its config must be unchanged).
+    Resume(ResumeArgs),
+    /// Evaluate a saved model on a config's held-out split; prints eval JSON to stdout.
+    Eval(EvalArgs),
+    /// Print accuracy per iteration and per bucket of a run as a table.
+    Report(ReportArgs),
     /// Judge completions against gold answers (JSONL in, JSONL out).
     Judge(JudgeArgs),
     /// Measure throughput of flywheel's parts.
     Bench(BenchArgs),
+}
+
+/// Arguments of `flywheel run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The run's TOML config (see examples/).
+    pub config: PathBuf,
+    /// Where the run writes its files [default: runs/NAME, NAME from the config].
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// Arguments of `flywheel resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The directory of the stopped run.
+    pub run_dir: PathBuf,
+}
+
+/// Arguments of `flywheel eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The config whose task (and held-out split) to evaluate on.
+    pub config: PathBuf,
+    /// The model directory (for example runs/NAME/iter-0003/model).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Also write every judged completion as JSONL to this file.
+    #[arg(long)]
+    pub samples: Option<PathBuf>,
+}
+
+/// Arguments of `flywheel report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
 }
 
 const FORMAT_HELP: &str = "How completions mark their final answer:

@@ -1,0 +1,179 @@
+//! Checkpoints: `model.safetensors` + `config.json` + `tokenizer.json` in one directory.
+//!
+//! This is the Hugging Face layout, so a checkpoint written here opens in `transformers` (the
+//! safetensors header carries `"format": "pt"`, which `transformers` insists on) and SmolLM2's
+//! directory loads here. Weights are written in `f32`; `f32`, `f64`, `f16` and `bf16` files are
+//! read and converted. Files are written under a temporary name and renamed, so an interrupted
+//! save never leaves a half-written checkpoint behind a valid name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::LlamaConfig;
+use crate::error::{EngineError, Result};
+use crate::model::LlamaModel;
+use crate::tokenizer::TextTokenizer;
+
+/// Weights file name inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Config file name inside a checkpoint directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// Tokenizer file name inside a checkpoint directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes every parameter of `model` to `path` as `f32` safetensors, Hugging Face names.
+pub fn save_weights(model: &LlamaModel, path: &Path) -> Result<()> {
+    let mut blobs = Vec::new();
+    for (name, var) in model.named_vars() {
+        let t = var.as_tensor().to_dtype(DType::F32)?;
+        let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
+        blobs.push((name, t.dims().to_vec(), bytes));
+    }
+    let views = blobs
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| EngineError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let tmp = temp_name(path);
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| EngineError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Reads every tensor of a safetensors file, keeping its dtype (`f32`, `f64`, `f16` or `bf16`).
+pub fn load_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| EngineError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut out = HashMap::new();
+    for (name, view) in file.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F64 => DType::F64,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(EngineError::Weights {
+                    path: path.to_path_buf(),
+                    name,
+                    reason: format!("dtype {other:?} is not a float type this engine reads"),
+                })
+            }
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// Writes `model` and `tokenizer` as a checkpoint directory (created if needed).
+pub fn save_checkpoint(dir: &Path, model: &LlamaModel, tokenizer: &TextTokenizer) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    save_weights(model, &dir.join(MODEL_FILE))?;
+    let config = dir.join(CONFIG_FILE);
+    let tmp = temp_name(&config);
+    model.config().save(&tmp)?;
+    std::fs::rename(&tmp, &config).map_err(io_err(&config))?;
+    let tok = dir.join(TOKENIZER_FILE);
+    let tmp = temp_name(&tok);
+    tokenizer.save(&tmp)?;
+    std::fs::rename(&tmp, &tok).map_err(io_err(&tok))
+}
+
+/// Reads a checkpoint directory: config, weights (checked against the config), tokenizer.
+pub fn load_checkpoint(dir: &Path) -> Result<(LlamaModel, TextTokenizer)> {
+    let config = LlamaConfig::load(&dir.join(CONFIG_FILE))?;
+    let weights_path = dir.join(MODEL_FILE);
+    let model = LlamaModel::from_tensors(&config, load_weights(&weights_path)?, &weights_path)?;
+    let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
+    Ok((model, tokenizer))
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenIds;
+
+    fn tiny() -> (LlamaModel, TextTokenizer) {
+        let tok = TextTokenizer::char_level("0123456789+=").unwrap();
+        let mut c = LlamaConfig::tiny(tok.vocab_size());
+        c.hidden_size = 32;
+        c.intermediate_size = 48;
+        c.num_hidden_layers = 2;
+        c.eos_token_id = Some(TokenIds::One(2));
+        (LlamaModel::new_random(&c, 3).unwrap(), tok)
+    }
+
+    fn logits(model: &LlamaModel) -> Vec<f32> {
+        let ids = Tensor::new(&[[3u32, 5, 7, 11, 13]], &Device::Cpu).unwrap();
+        let pos = Tensor::new(&[[0u32, 1, 2, 3, 4]], &Device::Cpu).unwrap();
+        model.forward(&ids, &pos, None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn save_then_load_gives_identical_logits() {
+        let (model, tok) = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &model, &tok).unwrap();
+        let (back, back_tok) = load_checkpoint(dir.path()).unwrap();
+        assert_eq!(logits(&back), logits(&model));
+        assert_eq!(back.config(), model.config());
+        assert_eq!(back_tok.encode("12+3=").unwrap(), tok.encode("12+3=").unwrap());
+        assert!(!dir.path().join("model.safetensors.tmp").exists());
+    }
+
+    #[test]
+    fn weights_file_has_hf_names_and_pt_metadata() {
+        let (model, _) = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_FILE);
+        save_weights(&model, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+        let names = load_weights(&path).unwrap();
+        assert!(names.contains_key("model.layers.1.self_attn.k_proj.weight"));
+        assert!(names.contains_key("model.norm.weight"));
+        assert!(!names.contains_key("lm_head.weight"), "tied embeddings are stored once");
+    }
+
+    #[test]
+    fn missing_or_misshapen_tensor_is_named() {
+        let (model, _) = tiny();
+        let mut tensors = model.named_tensors().unwrap();
+        tensors.remove("model.layers.1.mlp.up_proj.weight");
+        let err = LlamaModel::from_tensors(model.config(), tensors, Path::new("x.safetensors")).unwrap_err();
+        assert_eq!(err.to_string(), "x.safetensors: tensor `model.layers.1.mlp.up_proj.weight`: missing");
+        let mut tensors = model.named_tensors().unwrap();
+        tensors.insert("model.norm.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+        let err = LlamaModel::from_tensors(model.config(), tensors, Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("shape [3], expected [32]"), "{err}");
+    }
+
+    #[test]
+    fn bf16_weights_are_converted() {
+        let (model, _) = tiny();
+        let tensors: HashMap<String, Tensor> =
+            model.named_tensors().unwrap().into_iter().map(|(n, t)| (n, t.to_dtype(DType::BF16).unwrap())).collect();
+        let back = LlamaModel::from_tensors(model.config(), tensors, Path::new("bf16")).unwrap();
+        let (a, b) = (logits(&model), logits(&back));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 0.05));
+    }
+}

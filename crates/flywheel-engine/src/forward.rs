@@ -1,0 +1,185 @@
+//! The differentiable forward pass, used for training (and as the reference of the sampling path).
+//!
+//! Every operation here is a plain candle tensor op with a backward pass. candle-nn 0.11's fused
+//! `rms_norm`, `softmax_last_dim` and `rope` kernels have none: gradients silently stop at them and
+//! the weights before them never learn. So RMSNorm is `x * 1/sqrt(mean(x²) + eps) * w`, softmax is
+//! `exp(x - max) / sum`, and RoPE is `narrow`/`cat` with cosine and sine tensors. The gradient test
+//! in `train.rs` (every parameter gets a non-zero gradient) and the finite-difference test below
+//! pin this.
+//!
+//! Position ids are an explicit input, so callers may use any position scheme (left padding with
+//! per-sequence positions, packed sequences, offsets).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::{EngineError, Result};
+use crate::model::LlamaModel;
+
+/// Additive mask value for blocked attention: finite, so that a fully masked row (a padding query)
+/// gives a uniform distribution instead of NaN.
+const BLOCKED: f64 = -1e9;
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+}
+
+/// Softmax over the last dimension, with the (detached) row maximum subtracted for stability.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Rotates `x` (…, T, head_dim) by the "rotate half" convention with `cos`, `sin` (…, T, head_dim/2).
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let (x1, x2) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
+    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[a, b], D::Minus1)?)
+}
+
+impl LlamaModel {
+    /// Runs the decoder and returns the final-normed hidden states, `(batch, seq, hidden_size)`.
+    ///
+    /// * `input_ids`: `(batch, seq)` `u32` token ids.
+    /// * `position_ids`: `(batch, seq)` `u32` positions (each below `max_position_embeddings`).
+    /// * `key_mask`: optional `(batch, seq)` tensor of any numeric type, 1 where the token is real and
+    ///   0 for padding; padding keys are not attended to.
+    ///
+    /// Attention is always causal in sequence order.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        ensure_u32(input_ids, "input_ids")?;
+        ensure_u32(position_ids, "position_ids")?;
+        let (b, t) = input_ids.dims2()?;
+        if position_ids.dims() != [b, t] {
+            return Err(EngineError::invalid(format!(
+                "position_ids shape {:?}, expected {:?}",
+                position_ids.dims(),
+                [b, t]
+            )));
+        }
+        let max_pos = position_ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+        if max_pos >= c.max_position_embeddings {
+            return Err(EngineError::invalid(format!(
+                "position {max_pos} is beyond max_position_embeddings = {}",
+                c.max_position_embeddings
+            )));
+        }
+        let max_id = input_ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+        if max_id >= c.vocab_size {
+            return Err(EngineError::invalid(format!(
+                "token id {max_id} is outside the vocabulary ({})",
+                c.vocab_size
+            )));
+        }
+        let (h, kv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let group = h / kv;
+        let positions = position_ids.flatten_all()?;
+        let cos = self.rope_cos.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?;
+        let sin = self.rope_sin.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?;
+        let mask = self.attention_mask(b, t, key_mask)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        let mut x = self.embed.index_select(&input_ids.flatten_all()?, 0)?; // (b*t, d)
+        for layer in &self.layers {
+            let hn = rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
+            let heads = |w: &Tensor, n: usize| -> Result<Tensor> {
+                Ok(hn.matmul(&w.t()?)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            // Scaling q (t × hd) instead of the scores (t × t) saves a pass over the largest tensor.
+            let q = (rope(&heads(&layer.q, h)?, &cos, &sin)? * scale)?.reshape((b, kv, group * t, hd))?;
+            let k = rope(&heads(&layer.k, kv)?, &cos, &sin)?;
+            let v = heads(&layer.v, kv)?;
+            // Query heads of one group share a key/value head: fold the group into the rows.
+            let scores = q.matmul(&k.transpose(2, 3)?)?.reshape((b, kv, group, t, t))?;
+            let probs = softmax_last_dim(&scores.broadcast_add(&mask)?)?.reshape((b, kv, group * t, t))?;
+            let attn = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
+            x = (x + attn.matmul(&layer.o.t()?)?)?;
+            let hn = rms_norm(&x, &layer.post_norm, c.rms_norm_eps)?;
+            let gate = hn.matmul(&layer.gate.t()?)?.silu()?;
+            let up = hn.matmul(&layer.up.t()?)?;
+            x = (x + (gate * up)?.matmul(&layer.down.t()?)?)?;
+        }
+        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps)?.reshape((b, t, c.hidden_size))?)
+    }
+
+    /// Projects hidden states `(…, hidden_size)` to logits `(…, vocab_size)`.
+    pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(hidden.broadcast_matmul(&w.t()?)?)
+    }
+
+    /// Runs the decoder and returns logits `(batch, seq, vocab_size)`; see
+    /// [`LlamaModel::forward_hidden`] for the inputs.
+    pub fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.project(&self.forward_hidden(input_ids, position_ids, key_mask)?)
+    }
+
+    /// The additive mask `(batch, 1, 1, seq, seq)`: causal, plus padding keys when `key_mask` is given.
+    fn attention_mask(&self, b: usize, t: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
+        let causal: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { BLOCKED as f32 } else { 0.0 }).collect();
+        let causal = Tensor::from_vec(causal, (1, 1, 1, t, t), &self.device)?.to_dtype(self.dtype)?;
+        let Some(keys) = key_mask else { return Ok(causal) };
+        if keys.dims() != [b, t] {
+            return Err(EngineError::invalid(format!("key_mask shape {:?}, expected {:?}", keys.dims(), [b, t])));
+        }
+        let real = keys.to_dtype(self.dtype)?; // 1 where real, 0 for padding
+        let blocked = ((real - 1.0)? * -BLOCKED)?.reshape((b, 1, 1, 1, t))?;
+        Ok(causal.broadcast_add(&blocked)?)
+    }
+}
+
+/// Checks that a forward pass's inputs are `u32`, as candle's `index_select` needs.
+pub(crate) fn ensure_u32(t: &Tensor, what: &str) -> Result<()> {
+    if t.dtype() == DType::U32 {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(format!("{what} must be u32, got {:?}", t.dtype())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use crate::testing::{max_abs_diff, reference_logits, small_model};
+
+    #[test]
+    fn left_padding_with_mask_and_positions_matches_unpadded() {
+        let (model, _) = small_model(6, true);
+        let (a, b) = ([3u32, 4, 5, 6, 7], [8u32, 9]);
+        // Row 1 is left-padded by 3; its positions start at 0 on its first real token.
+        let ids = Tensor::new(&[[3u32, 4, 5, 6, 7], [0, 0, 0, 8, 9]], &Device::Cpu).unwrap();
+        let pos = Tensor::new(&[[0u32, 1, 2, 3, 4], [0, 0, 0, 0, 1]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [0, 0, 0, 1, 1]], &Device::Cpu).unwrap();
+        let out: Vec<Vec<Vec<f32>>> = model.forward(&ids, &pos, Some(&mask)).unwrap().to_vec3().unwrap();
+        let (ra, rb) = (reference_logits(&model, &a), reference_logits(&model, &b));
+        for t in 0..5 {
+            assert!(max_abs_diff(&out[0][t], &ra[t]) < 1e-5);
+        }
+        for t in 0..2 {
+            assert!(max_abs_diff(&out[1][3 + t], &rb[t]) < 1e-5, "padded row, position {t}");
+        }
+        assert!(out[1][0].iter().all(|x| x.is_finite()), "fully masked padding rows stay finite");
+    }
+
+    #[test]
+    fn wrong_inputs_are_rejected_with_a_reason() {
+        let (model, _) = small_model(6, true);
+        let ids = Tensor::new(&[[3u32, 4]], &Device::Cpu).unwrap();
+        let far = Tensor::new(&[[0u32, 64]], &Device::Cpu).unwrap();
+        let err = model.forward(&ids, &far, None).unwrap_err().to_string();
+        assert!(err.contains("max_position_embeddings"), "{err}");
+        let f = Tensor::new(&[[0f32, 1.0]], &Device::Cpu).unwrap();
+        assert!(model.forward(&ids, &f, None).unwrap_err().to_string().contains("u32"));
+    }
+}

@@ -1,0 +1,342 @@
+//! The fast no-grad forward pass of the sampler: packed rows, per-sequence KV caches.
+//!
+//! Sampling runs this, not the differentiable graph in `forward.rs`: no autograd bookkeeping, the
+//! query/key/value and gate/up projections fused into one matrix product each, and the new tokens
+//! of all sequences packed into one `(rows, hidden)` matrix whatever their lengths (a prompt's
+//! prefill and a one-token decode step go through the same code). Matrix products run on candle's
+//! gemm; the small per-row work (RMSNorm, RoPE, attention over the sequence's own cache, SwiGLU)
+//! is plain Rust on `f32` slices. A test checks that both passes give the same logits.
+//!
+//! Reproducibility: every row is computed the same way whatever else is in the batch. Attention
+//! reads only the row's own cache. gemm (0.19) computes a row the same way for any row count `m`
+//! except in two dispatch paths: a single-row `gemv` (`m = 1`) and a "horizontal" kernel for tiny
+//! products (`m * n <= 256`), which sum in a different order. `kernels::linear` zero-pads its input
+//! out of both. Hence the sampler's output does not depend on how requests are batched.
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use crate::error::{EngineError, Result};
+use crate::kernels::{add_assign, attend, linear, rms_norm_rows, silu_mul, HeadShape};
+use crate::kv_cache::KvCache;
+use crate::model::LlamaModel;
+use crate::rope::RopeTables;
+
+/// Fewest sequences per thread when a batch is split across threads.
+const MIN_SPLIT_SEQUENCES: usize = 16;
+
+/// One layer's weights, `f32`, fused where that saves a product.
+struct InferLayer {
+    attn_norm: Vec<f32>,
+    /// `[q; k; v]` projections stacked: `(q_width + 2 kv_width, hidden)`.
+    wqkv: Tensor,
+    wo: Tensor,
+    mlp_norm: Vec<f32>,
+    /// `[gate; up]` stacked: `(2 ff, hidden)`.
+    wgu: Tensor,
+    wdown: Tensor,
+}
+
+/// The new tokens of one sequence for one [`InferenceModel::step`].
+pub(crate) struct StepInput<'a> {
+    /// The sequence's cache; the new tokens' keys and values are appended to it.
+    pub cache: &'a mut KvCache,
+    /// New token ids (at least one).
+    pub tokens: &'a [u32],
+    /// Their positions (explicit, so any position scheme works).
+    pub positions: &'a [u32],
+}
+
+/// A frozen `f32` snapshot of a [`LlamaModel`] for sampling. Build one per generation call; it does
+/// not follow later training updates.
+pub(crate) struct InferenceModel {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ff: usize,
+    vocab: usize,
+    eps: f32,
+    embed: Vec<f32>,
+    layers: Vec<InferLayer>,
+    norm: Vec<f32>,
+    lm_head: Tensor,
+    rope: RopeTables,
+    /// The SIMD level the per-row kernels are compiled for, detected once.
+    arch: pulp::Arch,
+}
+
+fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+fn f32_mat(parts: &[&Tensor]) -> Result<Tensor> {
+    let parts: Vec<Tensor> =
+        parts.iter().map(|t| t.to_dtype(candle_core::DType::F32)).collect::<candle_core::Result<_>>()?;
+    Ok(Tensor::cat(&parts, 0)?.contiguous()?)
+}
+
+impl InferenceModel {
+    /// Snapshots `model`'s current weights.
+    pub fn new(model: &LlamaModel) -> Result<Self> {
+        let c = &model.config;
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(InferLayer {
+                    attn_norm: f32_vec(&l.input_norm)?,
+                    wqkv: f32_mat(&[&l.q, &l.k, &l.v])?,
+                    wo: f32_mat(&[&l.o])?,
+                    mlp_norm: f32_vec(&l.post_norm)?,
+                    wgu: f32_mat(&[&l.gate, &l.up])?,
+                    wdown: f32_mat(&[&l.down])?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.kv_heads(),
+            head_dim: c.head_dim(),
+            ff: c.intermediate_size,
+            vocab: c.vocab_size,
+            eps: c.rms_norm_eps as f32,
+            embed: f32_vec(&model.embed)?,
+            layers,
+            norm: f32_vec(&model.norm)?,
+            lm_head: f32_mat(&[model.lm_head.as_ref().unwrap_or(&model.embed)])?,
+            rope: model.rope.clone(),
+            arch: pulp::Arch::new(),
+        })
+    }
+
+    /// Number of token ids (the width of a logits row).
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// An empty cache shaped for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len(), self.kv_heads * self.head_dim)
+    }
+
+    /// Runs the new tokens of every sequence, appends their keys and values to the caches, and
+    /// returns the logits of each sequence's last new token: `seqs.len() × vocab`, row-major.
+    ///
+    /// Large batches are cut into one part per thread, each run start to finish on its own
+    /// thread: for small models that beats splitting every matrix product across threads (gemm's
+    /// per-product threading costs more than it gains at these sizes). Rows are independent, so the
+    /// split changes no result.
+    pub fn step(&self, seqs: &mut [StepInput<'_>]) -> Result<Vec<f32>> {
+        let threads = rayon::current_num_threads();
+        if threads < 2 || seqs.len() < 2 * MIN_SPLIT_SEQUENCES {
+            return self.step_part(seqs);
+        }
+        let part = seqs.len().div_ceil(threads).max(MIN_SPLIT_SEQUENCES);
+        let parts: Vec<Result<Vec<f32>>> = seqs.par_chunks_mut(part).map(|p| self.step_part(p)).collect();
+        let mut logits = Vec::with_capacity(seqs.len() * self.vocab);
+        for p in parts {
+            logits.extend(p?);
+        }
+        Ok(logits)
+    }
+
+    /// [`InferenceModel::step`] on one part of the batch.
+    fn step_part(&self, seqs: &mut [StepInput<'_>]) -> Result<Vec<f32>> {
+        let d = self.hidden;
+        let mut rows = 0;
+        for s in seqs.iter() {
+            if s.tokens.is_empty() || s.tokens.len() != s.positions.len() {
+                return Err(EngineError::invalid(
+                    "step: every sequence needs as many positions as (at least one) tokens",
+                ));
+            }
+            if let Some(&p) = s.positions.iter().find(|&&p| p as usize >= self.rope.max_positions) {
+                return Err(EngineError::invalid(format!(
+                    "position {p} is beyond max_position_embeddings = {}",
+                    self.rope.max_positions
+                )));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= self.vocab) {
+                return Err(EngineError::invalid(format!("token id {t} is outside the vocabulary ({})", self.vocab)));
+            }
+            rows += s.tokens.len();
+        }
+        let mut x = Vec::with_capacity(rows * d);
+        for s in seqs.iter() {
+            for &t in s.tokens {
+                x.extend_from_slice(&self.embed[t as usize * d..][..d]);
+            }
+        }
+        let (qw, kvw) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let width = qw + 2 * kvw;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm_rows(&x, &layer.attn_norm, self.eps);
+            let mut qkv = linear(&h, rows, &layer.wqkv)?;
+            let mut attn = vec![0f32; rows * qw];
+            // Per-sequence work (RoPE, cache append, attention) touches only that sequence's rows
+            // and cache: run sequences in parallel.
+            let mut jobs = Vec::with_capacity(seqs.len());
+            let (mut qkv_rest, mut attn_rest) = (qkv.as_mut_slice(), attn.as_mut_slice());
+            for s in seqs.iter_mut() {
+                let n = s.tokens.len();
+                let (block, rest) = std::mem::take(&mut qkv_rest).split_at_mut(n * width);
+                let (out, rest_out) = std::mem::take(&mut attn_rest).split_at_mut(n * qw);
+                (qkv_rest, attn_rest) = (rest, rest_out);
+                jobs.push((s, block, out));
+            }
+            jobs.into_par_iter().for_each(|(seq, block, out)| {
+                self.arch.dispatch(SequenceAttention { model: self, seq, layer: li, block, out });
+            });
+            add_assign(&mut x, &linear(&attn, rows, &layer.wo)?);
+            let h = rms_norm_rows(&x, &layer.mlp_norm, self.eps);
+            let gu = linear(&h, rows, &layer.wgu)?;
+            add_assign(&mut x, &linear(&silu_mul(&gu, self.ff), rows, &layer.wdown)?);
+        }
+        let mut last = Vec::with_capacity(seqs.len() * d);
+        let mut end = 0;
+        for s in seqs.iter() {
+            end += s.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * d..end * d]);
+        }
+        let normed = rms_norm_rows(&last, &self.norm, self.eps);
+        linear(&normed, seqs.len(), &self.lm_head)
+    }
+
+    /// RoPE, cache append and attention for the new rows of one sequence in layer `layer`.
+    /// `block` holds the rows' fused q/k/v projections, `out` receives their attention outputs.
+    #[inline(always)]
+    fn sequence_attention<S: pulp::Simd>(
+        &self,
+        simd: S,
+        s: &mut StepInput<'_>,
+        layer: usize,
+        block: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (qw, kvw) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let width = qw + 2 * kvw;
+        let n = s.tokens.len();
+        let (mut ks, mut vs) = (Vec::with_capacity(n * kvw), Vec::with_capacity(n * kvw));
+        for (r, &pos) in block.chunks_exact_mut(width).zip(s.positions) {
+            for head in r[..qw + kvw].chunks_exact_mut(self.head_dim) {
+                self.rope.rotate(head, pos as usize);
+            }
+            ks.extend_from_slice(&r[qw..qw + kvw]);
+            vs.extend_from_slice(&r[qw + kvw..]);
+        }
+        let before = s.cache.len();
+        s.cache.push(layer, &ks, &vs);
+        let mut scores = Vec::new();
+        for (i, (r, o)) in block.chunks_exact(width).zip(out.chunks_exact_mut(qw)).enumerate() {
+            let shape = HeadShape { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim };
+            attend(simd, shape, &r[..qw], s.cache, layer, before + i + 1, o, &mut scores);
+        }
+    }
+}
+
+/// One sequence's attention work as a [`pulp::WithSimd`] operation, so that it (and everything it
+/// inlines) is compiled for the SIMD level `pulp` detects at run time (AVX2 + FMA on most x86).
+struct SequenceAttention<'a, 'b, 'c> {
+    model: &'a InferenceModel,
+    seq: &'a mut StepInput<'b>,
+    layer: usize,
+    block: &'c mut [f32],
+    out: &'c mut [f32],
+}
+
+impl pulp::WithSimd for SequenceAttention<'_, '_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        self.model.sequence_attention(simd, self.seq, self.layer, self.block, self.out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::testing::{max_abs_diff, reference_logits, small_model};
+
+    /// Prefills `ids[..split]` then feeds the rest one token at a time; returns every logits row.
+    fn fast_logits(fast: &InferenceModel, ids: &[u32], split: usize) -> Vec<Vec<f32>> {
+        let mut cache = fast.new_cache();
+        let pos: Vec<u32> = (0..ids.len() as u32).collect();
+        let mut out = vec![];
+        let mut input = [StepInput { cache: &mut cache, tokens: &ids[..split], positions: &pos[..split] }];
+        out.push(fast.step(&mut input).unwrap());
+        for i in split..ids.len() {
+            let mut input = [StepInput { cache: &mut cache, tokens: &ids[i..=i], positions: &pos[i..=i] }];
+            out.push(fast.step(&mut input).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn sampling_path_matches_training_path() {
+        for tied in [true, false] {
+            let (model, _) = small_model(11, tied);
+            let fast = InferenceModel::new(&model).unwrap();
+            let ids = [3u32, 9, 4, 13, 5, 6, 17, 8, 3, 3, 10, 15];
+            let reference = reference_logits(&model, &ids);
+            let split = 5;
+            let got = fast_logits(&fast, &ids, split);
+            for (i, row) in got.iter().enumerate() {
+                let diff = max_abs_diff(row, &reference[split - 1 + i]);
+                assert!(diff < 1e-4, "tied={tied} position {}: max |diff| {diff}", split - 1 + i);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_batch_neighbours() {
+        let (model, _) = small_model(5, true);
+        let fast = InferenceModel::new(&model).unwrap();
+        let (a, b, c): (&[u32], &[u32], &[u32]) = (&[3, 4, 5], &[6, 7, 8, 9, 10, 11, 12], &[13]);
+        let positions = |s: &[u32]| (0..s.len() as u32).collect::<Vec<_>>();
+        let alone = {
+            let mut cache = fast.new_cache();
+            fast.step(&mut [StepInput { cache: &mut cache, tokens: a, positions: &positions(a) }]).unwrap()
+        };
+        let (mut c1, mut c2, mut c3) = (fast.new_cache(), fast.new_cache(), fast.new_cache());
+        let (pb, pa, pc) = (positions(b), positions(a), positions(c));
+        let together = fast
+            .step(&mut [
+                StepInput { cache: &mut c1, tokens: b, positions: &pb },
+                StepInput { cache: &mut c2, tokens: a, positions: &pa },
+                StepInput { cache: &mut c3, tokens: c, positions: &pc },
+            ])
+            .unwrap();
+        let v = fast.vocab();
+        assert_eq!(&together[v..2 * v], alone.as_slice(), "bit-identical whatever the batch");
+    }
+
+    #[test]
+    fn extending_a_shared_prompt_equals_one_long_sequence() {
+        let (model, _) = small_model(2, true);
+        let fast = InferenceModel::new(&model).unwrap();
+        let ids = [3u32, 4, 5, 6, 7, 8];
+        let mut prompt = fast.new_cache();
+        fast.step(&mut [StepInput { cache: &mut prompt, tokens: &ids[..4], positions: &[0, 1, 2, 3] }]).unwrap();
+        let shared = Arc::new(prompt);
+        let mut ext = KvCache::extending(shared.clone());
+        let got = fast.step(&mut [StepInput { cache: &mut ext, tokens: &ids[4..], positions: &[4, 5] }]).unwrap();
+        let reference = reference_logits(&model, &ids);
+        assert!(max_abs_diff(&got, &reference[5]) < 1e-4);
+        assert_eq!(shared.len(), 4, "the shared prompt is not modified");
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        let (model, _) = small_model(2, true);
+        let fast = InferenceModel::new(&model).unwrap();
+        let mut cache = fast.new_cache();
+        assert!(fast.step(&mut [StepInput { cache: &mut cache, tokens: &[3], positions: &[64] }]).is_err());
+        assert!(fast.step(&mut [StepInput { cache: &mut cache, tokens: &[99], positions: &[0] }]).is_err());
+        assert!(fast.step(&mut [StepInput { cache: &mut cache, tokens: &[], positions: &[] }]).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Full-parameter supervised fine-tuning: AdamW, masked cross-entropy, clipping, warm-up + cosine.
+//!
+//! nanoGPT's loop, on one screen: draw a batch from a seeded shuffle, sum its gradients over
+//! micro-batches (`batch.rs`: right-padded, cross-entropy on target tokens only), clip the global
+//! gradient norm, step. Weight decay applies to matrices (and embeddings), not to norm weights.
+
+use std::time::Instant;
+
+use candle_core::{backprop::GradStore, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use flywheel_core::{Reporter, TrainSummary, TrainingParams};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::batch::accumulate_gradients;
+use crate::error::{EngineError, Result};
+use crate::model::LlamaModel;
+use crate::template::TokenizedExample;
+
+/// Optimiser settings beyond [`TrainingParams`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    /// The learning rate decays (cosine) from the peak to `peak * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    /// AdamW's β₁.
+    pub beta1: f64,
+    /// AdamW's β₂.
+    pub beta2: f64,
+    /// AdamW's ε.
+    pub eps: f64,
+    /// Id written into padding positions (never a target, never attended to by real tokens).
+    pub pad_id: u32,
+    /// Most padded tokens (sequences × longest length) in one forward pass. A step's batch is cut
+    /// into micro-batches of at most this many (sorted by length, so padding is small) whose
+    /// gradients are summed: the step is the same, the peak memory is bounded.
+    pub micro_batch_tokens: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self { min_lr_ratio: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, pad_id: 0, micro_batch_tokens: 1024 }
+    }
+}
+
+/// Learning rate at `step` (0-based): linear warm-up to the peak, then cosine decay to
+/// `peak * min_lr_ratio` at the last step.
+pub fn learning_rate(step: usize, params: &TrainingParams, min_lr_ratio: f64) -> f64 {
+    let peak = params.learning_rate;
+    if step < params.warmup_steps {
+        return peak * (step + 1) as f64 / params.warmup_steps as f64;
+    }
+    let decay_steps = params.steps.saturating_sub(params.warmup_steps).max(2) - 1;
+    let progress = ((step - params.warmup_steps) as f64 / decay_steps as f64).min(1.0);
+    let min = peak * min_lr_ratio;
+    min + (peak - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Scales every gradient so that their global L2 norm is at most `max_norm`; returns the norm
+/// before clipping. `max_norm <= 0` only measures.
+pub(crate) fn clip_grad_norm(vars: &[Var], grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v) {
+            sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for v in vars {
+            if let Some(g) = grads.remove(v) {
+                grads.insert(v, (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Trains `model` in place on `examples` (already tokenized) for `params.steps` steps.
+pub fn train(
+    model: &LlamaModel,
+    examples: &[TokenizedExample],
+    params: &TrainingParams,
+    options: &TrainOptions,
+    reporter: &dyn Reporter,
+) -> Result<TrainSummary> {
+    let start = Instant::now();
+    if examples.is_empty() {
+        return Err(EngineError::invalid("no training examples"));
+    }
+    if params.batch_size == 0 {
+        return Err(EngineError::invalid("batch_size must be positive"));
+    }
+    if !(params.learning_rate.is_finite() && params.learning_rate > 0.0) {
+        return Err(EngineError::invalid(format!("learning_rate must be positive, got {}", params.learning_rate)));
+    }
+    for (i, ex) in examples.iter().enumerate() {
+        if ex.ids.len() != ex.target.len() || !ex.target.iter().skip(1).any(|&t| t) {
+            return Err(EngineError::invalid(format!("training example {i} has no target token after the first")));
+        }
+    }
+    let vars: Vec<Var> = model.named_vars().into_iter().map(|(_, v)| v).collect();
+    let (decay, no_decay): (Vec<Var>, Vec<Var>) = vars.iter().cloned().partition(|v| v.rank() >= 2);
+    let adam = |vars, weight_decay| {
+        let p = ParamsAdamW {
+            lr: params.learning_rate,
+            beta1: options.beta1,
+            beta2: options.beta2,
+            eps: options.eps,
+            weight_decay,
+        };
+        AdamW::new(vars, p)
+    };
+    let mut opt_decay = adam(decay, params.weight_decay)?;
+    let mut opt_plain = adam(no_decay, 0.0)?;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let (mut losses, mut target_tokens, mut tokens) = (Vec::with_capacity(params.steps), 0u64, 0usize);
+    reporter.start("train", params.steps as u64);
+    for step in 0..params.steps {
+        let mut picked = Vec::with_capacity(params.batch_size);
+        while picked.len() < params.batch_size {
+            if order.is_empty() {
+                order = (0..examples.len()).collect();
+                order.shuffle(&mut rng);
+            }
+            picked.extend(order.pop().map(|i| &examples[i]));
+        }
+        let mut acc = accumulate_gradients(model, &vars, &picked, options)?;
+        let grads = &mut acc.grads;
+        clip_grad_norm(&vars, grads, params.grad_clip)?;
+        let lr = learning_rate(step, params, options.min_lr_ratio);
+        opt_decay.set_learning_rate(lr);
+        opt_plain.set_learning_rate(lr);
+        opt_decay.step(grads)?;
+        opt_plain.step(grads)?;
+        let value = acc.loss;
+        losses.push(value);
+        target_tokens += acc.targets as u64;
+        tokens += acc.tokens;
+        reporter.advance(1);
+        if step % 10 == 0 || step + 1 == params.steps {
+            let rate = tokens as f64 / start.elapsed().as_secs_f64();
+            reporter.message(&format!("loss {value:.4} lr {lr:.2e} {rate:.0} tok/s"));
+        }
+    }
+    reporter.finish();
+    let tenth = (params.steps / 10).max(1).min(losses.len().max(1));
+    let mean = |xs: &[f64]| if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+    Ok(TrainSummary {
+        steps: params.steps,
+        first_loss: mean(&losses[..tenth.min(losses.len())]),
+        last_loss: mean(&losses[losses.len().saturating_sub(tenth)..]),
+        target_tokens,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine_to_the_floor() {
+        let p = TrainingParams {
+            steps: 110,
+            batch_size: 1,
+            learning_rate: 1e-3,
+            warmup_steps: 10,
+            weight_decay: 0.0,
+            grad_clip: 0.0,
+            seed: 0,
+        };
+        let lr = |s| learning_rate(s, &p, 0.1);
+        assert!((lr(0) - 1e-4).abs() < 1e-12);
+        assert!((lr(9) - 1e-3).abs() < 1e-12);
+        assert!((lr(10) - 1e-3).abs() < 1e-12);
+        assert!((lr(109) - 1e-4).abs() < 1e-12);
+        assert!(lr(60) < lr(30) && lr(30) < lr(10));
+    }
+}

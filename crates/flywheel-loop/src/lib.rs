@@ -1,0 +1,71 @@
+//! The self-improvement loop of flywheel, independent of any ML engine.
+//!
+//! A run is a sequence of iterations, each a pure function of (config, seed, previous state):
+//! iteration 0 trains (or loads) the base model and evaluates it; every later iteration samples
+//! rationales with the current model ([`star`]), keeps the verified ones, fine-tunes, and evaluates
+//! on a held-out split that shares no problem with training ([`eval`]). Everything is written to a
+//! run directory ([`rundir`]) so that a stopped run resumes from its last finished iteration and
+//! produces the same files as one that never stopped.
+//!
+//! Engines plug in through [`runner::Engine`] and the `flywheel-core` traits; this crate compiles and
+//! tests without candle or an HTTP client.
+
+pub mod config;
+pub mod eval;
+pub mod report;
+pub mod rundir;
+pub mod runner;
+pub mod seeds;
+pub mod star;
+pub mod task;
+pub mod tasks;
+
+use std::path::PathBuf;
+
+pub use config::RunConfig;
+pub use runner::{Engine, Runner};
+pub use task::Task;
+
+/// Errors of the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// A config file is invalid; the message names the key (and line, where TOML parsing failed).
+    #[error("{}: {message}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading or writing a file of the run failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the run holds something unexpected.
+    #[error("{}: {message}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The run directory cannot be used as asked (exists already, config changed, ...).
+    #[error("{}: {message}", path.display())]
+    RunDir {
+        /// The run directory.
+        path: PathBuf,
+        /// Why it cannot be used.
+        message: String,
+    },
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] flywheel_core::CoreError),
+}
+
+/// Result alias of the loop.
+pub type Result<T, E = LoopError> = std::result::Result<T, E>;

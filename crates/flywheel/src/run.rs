@@ -1,0 +1,66 @@
+//! `flywheel run`, `resume`, `eval` and `report`.
+
+use anyhow::{Context, Result};
+use flywheel_loop::config::ModelConfig;
+use flywheel_loop::rundir::{write_jsonl, RunDir};
+use flywheel_loop::{report, tasks, Engine, RunConfig, Runner};
+
+use crate::cli::{EvalArgs, ReportArgs, ResumeArgs, RunArgs};
+use crate::engine::EmbeddedEngine;
+use crate::progress::Bars;
+
+/// Starts a run.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let config = RunConfig::load(&args.config)?;
+    let root = args.run_dir.clone().unwrap_or_else(|| config.default_run_dir());
+    let dir = RunDir::create(&root, &config)?;
+    tracing::info!("run {} in {}", config.name, root.display());
+    drive(dir)
+}
+
+/// Resumes a stopped run.
+pub fn resume(args: &ResumeArgs) -> Result<()> {
+    let dir = RunDir::open(&args.run_dir)?;
+    drive(dir)
+}
+
+fn drive(dir: RunDir) -> Result<()> {
+    let config = dir.config().clone();
+    let engine = engine_for(&config)?;
+    let bars = Bars::new();
+    let mut runner = Runner::new(engine, dir, &bars)?;
+    runner.run()?;
+    let rows = report::read_rows(runner.dir().root())?;
+    print!("{}", report::render(&rows));
+    Ok(())
+}
+
+fn engine_for(config: &RunConfig) -> Result<EmbeddedEngine> {
+    crate::engine::set_threads(config.threads);
+    let ModelConfig::Embedded(model) = &config.model;
+    Ok(EmbeddedEngine::new(model.max_batch))
+}
+
+/// Evaluates a saved model on a config's held-out split.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let config = RunConfig::load(&args.config)?;
+    let mut engine = engine_for(&config)?;
+    let mut model = engine.load(&args.model)?;
+    let task = tasks::build(&config.task, config.seed);
+    let bars = Bars::new();
+    let (report, records) =
+        flywheel_loop::eval::evaluate(task.as_ref(), &mut model, config.eval.max_new_tokens, &bars)?;
+    if let Some(path) = &args.samples {
+        write_jsonl(path, &records)?;
+    }
+    println!("{}", serde_json::to_string_pretty(&report).context("serialising the report")?);
+    Ok(())
+}
+
+/// Prints a run's accuracy table.
+pub fn report(args: &ReportArgs) -> Result<()> {
+    let rows = report::read_rows(&args.run_dir)?;
+    anyhow::ensure!(!rows.is_empty(), "{}: no iteration has been evaluated yet", args.run_dir.display());
+    print!("{}", report::render(&rows));
+    Ok(())
+}
