@@ -53,17 +53,16 @@ pub fn evaluate(
     reporter: &dyn Reporter,
 ) -> crate::Result<(EvalReport, Vec<SampleRecord>)> {
     let problems = task.eval_problems();
-    let prompts: Vec<String> = problems.iter().map(|p| task.prompt(p)).collect();
     let requests: Vec<GenerationRequest> =
-        prompts.iter().map(|p| GenerationRequest { prompt: p.clone(), n: 1 }).collect();
+        problems.iter().map(|p| GenerationRequest { prompt: task.prompt(p), n: 1 }).collect();
     let params = SamplingParams { temperature: 0.0, max_new_tokens, ..SamplingParams::default() };
     let completions = generator.generate(&requests, &params, reporter)?;
     let verifier = task.verifier();
     let records: Vec<SampleRecord> = problems
         .iter()
-        .zip(&prompts)
+        .zip(&requests)
         .zip(&completions)
-        .flat_map(|((p, prompt), c)| judge_completions(&verifier, p, prompt, c, false))
+        .flat_map(|((p, r), c)| judge_completions(&verifier, p, &r.prompt, c, false))
         .collect();
     Ok((EvalReport::from_records(&records), records))
 }

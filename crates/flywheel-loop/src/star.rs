@@ -102,9 +102,8 @@ pub fn star_samples(
         stop: Vec::new(),
         seed,
     };
-    let prompts: Vec<String> = problems.iter().map(|p| task.prompt(p)).collect();
     let requests: Vec<GenerationRequest> =
-        prompts.iter().map(|p| GenerationRequest { prompt: p.clone(), n: config.samples_per_problem }).collect();
+        problems.iter().map(|p| GenerationRequest { prompt: task.prompt(p), n: config.samples_per_problem }).collect();
     let completions = generator.generate(&requests, &params, reporter)?;
 
     let mut outcome = StarOutcome::default();
@@ -112,7 +111,7 @@ pub fn star_samples(
     let mut unsolved = Vec::new();
     for (i, problem) in problems.iter().enumerate() {
         outcome.tokens += completions[i].iter().map(|c| c.tokens as u64).sum::<u64>();
-        let records = judge_completions(&verifier, problem, &prompts[i], &completions[i], false);
+        let records = judge_completions(&verifier, problem, &requests[i].prompt, &completions[i], false);
         match select(&records) {
             Some(r) => {
                 kept[i] = Some(training_example(task, problem, r));
@@ -124,14 +123,15 @@ pub fn star_samples(
     }
 
     if config.rationalization && !unsolved.is_empty() {
-        let hinted: Vec<String> = unsolved.iter().map(|&i| task.hinted_prompt(&problems[i])).collect();
-        let requests: Vec<GenerationRequest> =
-            hinted.iter().map(|p| GenerationRequest { prompt: p.clone(), n: config.rationalization_samples }).collect();
+        let requests: Vec<GenerationRequest> = unsolved
+            .iter()
+            .map(|&i| GenerationRequest { prompt: task.hinted_prompt(&problems[i]), n: config.rationalization_samples })
+            .collect();
         let params = SamplingParams { seed: seed ^ 0x5ea1_ed0f_f1ce, ..params };
         let completions = generator.generate(&requests, &params, reporter)?;
         for (j, &i) in unsolved.iter().enumerate() {
             outcome.tokens += completions[j].iter().map(|c| c.tokens as u64).sum::<u64>();
-            let records = judge_completions(&verifier, &problems[i], &hinted[j], &completions[j], true);
+            let records = judge_completions(&verifier, &problems[i], &requests[j].prompt, &completions[j], true);
             if let Some(r) = select(&records) {
                 kept[i] = Some(training_example(task, &problems[i], r));
                 outcome.rationalized += 1;
