@@ -23,18 +23,30 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Seed of the sampler; the same seed, inputs and thread count give the same completions.
     pub seed: u64,
+    /// Keep decoding past end-of-sequence tokens (for fixed-length benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: Vec::new(), seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+            stop: Vec::new(),
+            seed: 0,
+            ignore_eos: false,
+        }
     }
 }
 
 /// One prompt and how many completions to draw from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationRequest {
-    /// The full prompt text, already rendered (chat template applied where the model has one).
+    /// The user's message. A generator renders it as one user turn in its model's prompt format
+    /// (the chat template of a chat model; the text as it is for a model without one).
     pub prompt: String,
     /// Number of completions to sample from this prompt.
     pub n: usize,

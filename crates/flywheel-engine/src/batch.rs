@@ -57,7 +57,7 @@ pub(crate) fn make_batch(examples: &[&TokenizedExample], pad_id: u32, device: &D
 
 /// Mean cross-entropy of `batch`'s targets (differentiable, plain tensor ops).
 pub(crate) fn batch_loss(model: &LlamaModel, batch: &Batch) -> Result<Tensor> {
-    let hidden = model.forward_hidden(&batch.input_ids, &batch.position_ids, None)?;
+    let hidden = model.forward_hidden_mode(&batch.input_ids, &batch.position_ids, None, true)?;
     let d = model.config().hidden_size;
     let rows = hidden.reshape(((), d))?.index_select(&batch.target_rows, 0)?;
     let logits = model.project(&rows)?; // (n, vocab)

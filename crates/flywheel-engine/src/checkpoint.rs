@@ -30,11 +30,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
 
 /// Writes every parameter of `model` to `path` as `f32` safetensors, Hugging Face names.
 pub fn save_weights(model: &LlamaModel, path: &Path) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> =
+        model.named_vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect();
+    save_tensors(path, &tensors)
+}
+
+/// Writes named tensors to `path` as `f32` safetensors (with `"format": "pt"`), atomically.
+pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut blobs = Vec::new();
-    for (name, var) in model.named_vars() {
-        let t = var.as_tensor().to_dtype(DType::F32)?;
+    for (name, t) in tensors {
+        let t = t.to_dtype(DType::F32)?;
         let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
-        blobs.push((name, t.dims().to_vec(), bytes));
+        blobs.push((name.clone(), t.dims().to_vec(), bytes));
     }
     let views = blobs
         .iter()
@@ -91,13 +98,80 @@ pub fn save_checkpoint(dir: &Path, model: &LlamaModel, tokenizer: &TextTokenizer
     std::fs::rename(&tmp, &tok).map_err(io_err(&tok))
 }
 
-/// Reads a checkpoint directory: config, weights (checked against the config), tokenizer.
+/// Reads a checkpoint directory: config, weights (checked against the config), tokenizer. The
+/// weights may be one `model.safetensors` or several shards (`model-00001-of-00002.safetensors`, …):
+/// every `*.safetensors` file of the directory except a LoRA adapter's is read.
 pub fn load_checkpoint(dir: &Path) -> Result<(LlamaModel, TextTokenizer)> {
     let config = LlamaConfig::load(&dir.join(CONFIG_FILE))?;
-    let weights_path = dir.join(MODEL_FILE);
-    let model = LlamaModel::from_tensors(&config, load_weights(&weights_path)?, &weights_path)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".safetensors") && !name.starts_with("adapter_model")
+        })
+        .collect();
+    files.sort();
+    let Some(first) = files.first().cloned() else {
+        return Err(EngineError::Weights {
+            path: dir.to_path_buf(),
+            name: "*".into(),
+            reason: "no .safetensors file in the directory".into(),
+        });
+    };
+    let mut tensors = HashMap::new();
+    for file in &files {
+        tensors.extend(load_weights(file)?);
+    }
+    let origin = if files.len() == 1 { first } else { dir.to_path_buf() };
+    let model = LlamaModel::from_tensors(&config, tensors, &origin)?;
     let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
     Ok((model, tokenizer))
+}
+
+/// Tokenizer settings file of a Hugging Face directory; holds the chat template.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+
+/// The chat template of `dir/tokenizer_config.json`: its `chat_template` string, or the template
+/// named `default` when it is a list of named templates. `None` when there is no such file or key.
+pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| EngineError::Json { path: path.clone(), source })?;
+    let bad = |reason: &str| EngineError::Template(format!("{}: `chat_template`: {reason}", path.display()));
+    match value.get("chat_template") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_owned))
+            .map(Some)
+            .ok_or_else(|| bad("a list without a `default` template")),
+        Some(_) => Err(bad("neither a string nor a list of named templates")),
+    }
+}
+
+/// Writes `dir/tokenizer_config.json` with the chat template and the special tokens' texts, as
+/// `transformers` reads them.
+pub fn write_tokenizer_config(dir: &Path, chat_template: &str, bos_token: &str, eos_token: &str) -> Result<()> {
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
+    let value = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": chat_template,
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+        "pad_token": eos_token,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": 8192,
+    });
+    let text =
+        serde_json::to_string_pretty(&value).map_err(|source| EngineError::Json { path: path.clone(), source })?;
+    std::fs::write(&path, text).map_err(io_err(&path))
 }
 
 fn temp_name(path: &Path) -> PathBuf {

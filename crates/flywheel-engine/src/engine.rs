@@ -5,18 +5,22 @@
 //! fine-tunes from the base model every iteration). Engine errors become
 //! [`flywheel_core::CoreError`]s here, at the trait boundary.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flywheel_core::{
-    Completion, GenerationRequest, Generator, Reporter, SamplingParams, TrainExample, TrainSummary, Trainer,
-    TrainingParams,
+    Completion, GenerationRequest, Generator, Message, Reporter, Role, SamplingParams, TrainExample, TrainSummary,
+    Trainer, TrainingParams,
 };
 
-use crate::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::adapter::{load_adapter, save_adapter, AdapterConfig, ADAPTER_CONFIG_FILE};
+use crate::chat_template::ChatTemplate;
+use crate::checkpoint::{load_checkpoint, read_chat_template, save_checkpoint, write_tokenizer_config};
 use crate::config::{LlamaConfig, TokenIds};
 use crate::error::{EngineError, Result};
 use crate::generate::{generate, SamplerContext, SamplerOptions};
+use crate::gguf::load_gguf;
 use crate::infer::InferenceModel;
+use crate::lora::LoraConfig;
 use crate::model::LlamaModel;
 use crate::template::{tokenize_example, PromptFormat, RawFormat};
 use crate::tokenizer::{TextTokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN};
@@ -28,6 +32,10 @@ pub struct Engine {
     model: LlamaModel,
     tokenizer: TextTokenizer,
     format: Box<dyn PromptFormat>,
+    /// The chat template's source, when the format is one (written with exported checkpoints).
+    chat_template: Option<String>,
+    /// Where the base model was loaded from (recorded in saved adapters).
+    source: Option<PathBuf>,
     /// How the sampler batches.
     pub sampler: SamplerOptions,
     /// Optimiser settings of the trainer.
@@ -50,7 +58,9 @@ impl Engine {
         }
         let pad_id = tokenizer.token_id(PAD_TOKEN).unwrap_or(c.eos_ids()[0]);
         let train = TrainOptions { pad_id, ..TrainOptions::default() };
-        Ok(Self { model, tokenizer, format: Box::new(RawFormat), sampler: SamplerOptions::default(), train })
+        let sampler =
+            SamplerOptions { weights: default_weight_format(c.num_parameters()), ..SamplerOptions::default() };
+        Ok(Self { model, tokenizer, format: Box::new(RawFormat), chat_template: None, source: None, sampler, train })
     }
 
     /// A freshly initialised character-level model over `alphabet`: the tokenizer of
@@ -64,15 +74,88 @@ impl Engine {
         Self::new(LlamaModel::new_random(&config, seed)?, tokenizer)
     }
 
-    /// Loads a checkpoint directory (`model.safetensors`, `config.json`, `tokenizer.json`).
+    /// Loads a checkpoint directory (`config.json`, `*.safetensors`, `tokenizer.json`), with the
+    /// chat template of its `tokenizer_config.json` when it has one. A PEFT adapter directory
+    /// (`adapter_config.json`) loads its base model and attaches the adapter.
     pub fn load(dir: &Path) -> Result<Self> {
+        if dir.join(ADAPTER_CONFIG_FILE).exists() {
+            let base = AdapterConfig::load(dir)?.base_model(dir)?;
+            let mut engine = Self::open(&base)?;
+            load_adapter(dir, &mut engine.model)?;
+            return Ok(engine);
+        }
         let (model, tokenizer) = load_checkpoint(dir)?;
-        Self::new(model, tokenizer)
+        let template = read_chat_template(dir)?;
+        let mut engine = Self::new(model, tokenizer)?.with_chat_template(template.as_deref())?;
+        engine.source = Some(absolute(dir));
+        Ok(engine)
     }
 
-    /// Saves the current weights, config and tokenizer as a checkpoint directory.
+    /// Loads a llama.cpp GGUF file (weights dequantized to `f32`), with its chat template.
+    pub fn load_gguf(path: &Path) -> Result<Self> {
+        let gguf = load_gguf(path)?;
+        let model = LlamaModel::from_tensors(&gguf.config, gguf.tensors, path)?;
+        let mut engine = Self::new(model, gguf.tokenizer)?.with_chat_template(gguf.chat_template.as_deref())?;
+        engine.source = Some(absolute(path));
+        Ok(engine)
+    }
+
+    /// Loads a model from a GGUF file, a checkpoint directory or an adapter directory, whichever
+    /// `path` is.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::load(path)
+        } else {
+            Self::load_gguf(path)
+        }
+    }
+
+    /// Uses `template` (Jinja source) as the prompt format; `None` keeps the current one.
+    fn with_chat_template(mut self, template: Option<&str>) -> Result<Self> {
+        let Some(source) = template else { return Ok(self) };
+        let c = self.model.config();
+        let text = |id: Option<u32>| id.and_then(|id| self.tokenizer.token_text(id)).unwrap_or_default();
+        let (bos, eos) = (text(c.bos_token_id), text(c.eos_ids().first().copied()));
+        let template = ChatTemplate::new(source, &bos, &eos)?;
+        self.chat_template = Some(source.to_owned());
+        Ok(self.with_format(Box::new(template)))
+    }
+
+    /// Attaches fresh LoRA adapters drawn from `seed` (the model's output is unchanged until they
+    /// train); from now on training updates only them.
+    pub fn attach_lora(&mut self, config: LoraConfig, seed: u64) -> Result<()> {
+        self.model.attach_lora(config, seed)
+    }
+
+    /// Folds the adapters into the base weights, so that [`Engine::save`] writes a whole model.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        self.model.merge_lora()
+    }
+
+    /// Saves the model to `dir`: the adapters in PEFT's format when LoRA is attached (the base
+    /// model's path recorded in `adapter_config.json`), else a Hugging Face checkpoint directory
+    /// (weights, `config.json`, `tokenizer.json`, and `tokenizer_config.json` with the chat
+    /// template when there is one).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        save_checkpoint(dir, &self.model, &self.tokenizer)
+        if self.model.lora_config().is_some() {
+            let base = self.source.as_ref().ok_or_else(|| {
+                EngineError::Adapter("the base model was not loaded from a file: save it first".into())
+            })?;
+            return save_adapter(dir, &self.model, &base.to_string_lossy());
+        }
+        save_checkpoint(dir, &self.model, &self.tokenizer)?;
+        if let Some(template) = &self.chat_template {
+            let c = self.model.config();
+            let text = |id: Option<u32>| id.and_then(|id| self.tokenizer.token_text(id)).unwrap_or_default();
+            write_tokenizer_config(dir, template, &text(c.bos_token_id), &text(c.eos_ids().first().copied()))?;
+        }
+        Ok(())
+    }
+
+    /// Resets attached adapters to fresh ones drawn from `seed`: back to the base model without
+    /// reloading it.
+    pub fn reset_lora(&self, seed: u64) -> Result<()> {
+        self.model.reset_lora(seed)
     }
 
     /// Overwrites the weights with those of the checkpoint in `dir` (which must have the same
@@ -103,7 +186,8 @@ impl Engine {
         self.format.as_ref()
     }
 
-    /// Samples completions (the engine-error form of [`Generator::generate`]).
+    /// Samples completions of prompts that are already rendered in the model's format (the
+    /// [`Generator`] implementation renders each request as a user turn first).
     pub fn sample(
         &self,
         requests: &[GenerationRequest],
@@ -111,7 +195,7 @@ impl Engine {
         reporter: &dyn Reporter,
     ) -> Result<Vec<Vec<Completion>>> {
         let c = self.model.config();
-        let model = InferenceModel::new(&self.model)?;
+        let model = InferenceModel::new(&self.model, self.sampler.weights)?;
         let eos_ids = c.eos_ids();
         let ctx = SamplerContext {
             model: &model,
@@ -148,6 +232,25 @@ impl Engine {
     }
 }
 
+/// Models at least this large sample with Q8_0 weights by default.
+const Q8_MIN_PARAMETERS: usize = 10_000_000;
+
+/// Q8_0 for models large enough that decoding is bound by reading their weights (SmolLM2-135M:
+/// 540 MB of `f32` per step); `f32` for small ones, where gemm's `f32` kernels are faster and the
+/// weights fit in cache (the 0.26M-parameter addition model sampled several times slower with Q8_0).
+fn default_weight_format(parameters: usize) -> crate::quant::WeightFormat {
+    if parameters >= Q8_MIN_PARAMETERS {
+        crate::quant::WeightFormat::Q8_0
+    } else {
+        crate::quant::WeightFormat::F32
+    }
+}
+
+/// `path` made absolute (against the working directory), so a saved adapter finds its base from anywhere.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 impl Generator for Engine {
     fn generate(
         &mut self,
@@ -155,7 +258,15 @@ impl Generator for Engine {
         params: &SamplingParams,
         reporter: &dyn Reporter,
     ) -> flywheel_core::Result<Vec<Vec<Completion>>> {
-        self.sample(requests, params, reporter).map_err(EngineError::into_generation)
+        let rendered = requests
+            .iter()
+            .map(|r| {
+                let user = [Message { role: Role::User, content: r.prompt.clone() }];
+                Ok(GenerationRequest { prompt: self.format.render_prompt(&user)?, n: r.n })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map_err(EngineError::into_generation)?;
+        self.sample(&rendered, params, reporter).map_err(EngineError::into_generation)
     }
 }
 

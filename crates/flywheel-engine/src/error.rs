@@ -49,6 +49,20 @@ pub enum EngineError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A GGUF file could not be read, or uses something this engine does not implement.
+    #[error("{path}: {reason}")]
+    Gguf {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What is wrong, naming the metadata key or tensor.
+        reason: String,
+    },
+    /// A chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A LoRA adapter is malformed or does not fit the model.
+    #[error("LoRA adapter: {0}")]
+    Adapter(String),
     /// A safetensors file could not be parsed or written.
     #[error("{path}: safetensors: {reason}")]
     Safetensors {

@@ -13,6 +13,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{EngineError, Result};
+use crate::lora::Proj;
 use crate::model::LlamaModel;
 
 /// Additive mask value for blocked attention: finite, so that a fully masked row (a padding query)
@@ -56,6 +57,17 @@ impl LlamaModel {
         position_ids: &Tensor,
         key_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_hidden_mode(input_ids, position_ids, key_mask, false)
+    }
+
+    /// [`LlamaModel::forward_hidden`], with LoRA dropout on when `train`.
+    pub(crate) fn forward_hidden_mode(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        key_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let c = &self.config;
         ensure_u32(input_ids, "input_ids")?;
         ensure_u32(position_ids, "position_ids")?;
@@ -89,39 +101,52 @@ impl LlamaModel {
         let mask = self.attention_mask(b, t, key_mask)?;
         let scale = 1.0 / (hd as f64).sqrt();
 
-        let mut x = self.embed.index_select(&input_ids.flatten_all()?, 0)?; // (b*t, d)
-        for layer in &self.layers {
-            let hn = rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
-            let heads = |w: &Tensor, n: usize| -> Result<Tensor> {
-                Ok(hn.matmul(&w.t()?)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        let mut x = self.param(&self.embed).index_select(&input_ids.flatten_all()?, 0)?; // (b*t, d)
+        for (li, layer) in self.layers.iter().enumerate() {
+            let hn = rms_norm(&x, &self.param(&layer.input_norm), c.rms_norm_eps)?;
+            let heads = |p: Proj, n: usize| -> Result<Tensor> {
+                Ok(self.linear(li, p, &hn, train)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
             };
             // Scaling q (t × hd) instead of the scores (t × t) saves a pass over the largest tensor.
-            let q = (rope(&heads(&layer.q, h)?, &cos, &sin)? * scale)?.reshape((b, kv, group * t, hd))?;
-            let k = rope(&heads(&layer.k, kv)?, &cos, &sin)?;
-            let v = heads(&layer.v, kv)?;
+            let q = (rope(&heads(Proj::Q, h)?, &cos, &sin)? * scale)?.reshape((b, kv, group * t, hd))?;
+            let k = rope(&heads(Proj::K, kv)?, &cos, &sin)?;
+            let v = heads(Proj::V, kv)?;
             // Query heads of one group share a key/value head: fold the group into the rows.
             let scores = q.matmul(&k.transpose(2, 3)?)?.reshape((b, kv, group, t, t))?;
             let probs = softmax_last_dim(&scores.broadcast_add(&mask)?)?.reshape((b, kv, group * t, t))?;
             let attn = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
-            x = (x + attn.matmul(&layer.o.t()?)?)?;
-            let hn = rms_norm(&x, &layer.post_norm, c.rms_norm_eps)?;
-            let gate = hn.matmul(&layer.gate.t()?)?.silu()?;
-            let up = hn.matmul(&layer.up.t()?)?;
-            x = (x + (gate * up)?.matmul(&layer.down.t()?)?)?;
+            x = (x + self.linear(li, Proj::O, &attn, train)?)?;
+            let hn = rms_norm(&x, &self.param(&layer.post_norm), c.rms_norm_eps)?;
+            let gate = self.linear(li, Proj::Gate, &hn, train)?.silu()?;
+            let up = self.linear(li, Proj::Up, &hn, train)?;
+            x = (x + self.linear(li, Proj::Down, &(gate * up)?, train)?)?;
         }
-        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps)?.reshape((b, t, c.hidden_size))?)
+        Ok(rms_norm(&x, &self.param(&self.norm), c.rms_norm_eps)?.reshape((b, t, c.hidden_size))?)
     }
 
     /// Projects hidden states `(…, hidden_size)` to logits `(…, vocab_size)`.
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(hidden.broadcast_matmul(&w.t()?)?)
+        self.output_projection(hidden)
     }
 
     /// Runs the decoder and returns logits `(batch, seq, vocab_size)`; see
     /// [`LlamaModel::forward_hidden`] for the inputs.
     pub fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
         self.project(&self.forward_hidden(input_ids, position_ids, key_mask)?)
+    }
+
+    /// `log p(ids[i] | ids[..i])` for every `i ≥ 1` (positions from 0), through the training graph.
+    pub fn token_logprobs(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let n = ids.len() - 1;
+        let input = Tensor::new(&ids[..n], &self.device)?.unsqueeze(0)?;
+        let positions = Tensor::new((0..n as u32).collect::<Vec<_>>().as_slice(), &self.device)?.unsqueeze(0)?;
+        let logits = self.forward(&input, &positions, None)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let targets = Tensor::new(&ids[1..], &self.device)?.unsqueeze(1)?;
+        Ok(logp.gather(&targets, 1)?.squeeze(1)?.to_vec1()?)
     }
 
     /// The additive mask `(batch, 1, 1, seq, seq)`: causal, plus padding keys when `key_mask` is given.

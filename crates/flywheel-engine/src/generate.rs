@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use crate::error::{EngineError, Result};
 use crate::infer::{InferenceModel, StepInput};
 use crate::kv_cache::KvCache;
+use crate::quant::WeightFormat;
 use crate::sample::{find_stop, first_stop, sequence_rng, TokenChooser};
 use crate::tokenizer::TextTokenizer;
 
@@ -27,11 +28,14 @@ pub struct SamplerOptions {
     pub max_batch: usize,
     /// Most prompt tokens prefilled in one pass (at least one prompt is always taken).
     pub max_prefill_tokens: usize,
+    /// How the sampler holds the weight matrices: Q8_0 (default; several times faster decoding,
+    /// logits within about 1% of `f32`) or `f32` (exactly the training weights).
+    pub weights: WeightFormat,
 }
 
 impl Default for SamplerOptions {
     fn default() -> Self {
-        Self { max_batch: 256, max_prefill_tokens: 8192 }
+        Self { max_batch: 256, max_prefill_tokens: 8192, weights: WeightFormat::default() }
     }
 }
 
@@ -162,7 +166,7 @@ pub(crate) fn generate(
             let token = chooser.choose(&seq.logits, &mut seq.rng, &mut scratch);
             seq.ids.push(token);
             let mut finish = None;
-            if ctx.eos_ids.contains(&token) {
+            if ctx.eos_ids.contains(&token) && !params.ignore_eos {
                 finish = Some(FinishReason::Stop);
             } else {
                 let before = seq.text.len();

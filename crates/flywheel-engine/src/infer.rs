@@ -3,38 +3,44 @@
 //! Sampling runs this, not the differentiable graph in `forward.rs`: no autograd bookkeeping, the
 //! query/key/value and gate/up projections fused into one matrix product each, and the new tokens
 //! of all sequences packed into one `(rows, hidden)` matrix whatever their lengths (a prompt's
-//! prefill and a one-token decode step go through the same code). Matrix products run on candle's
-//! gemm; the small per-row work (RMSNorm, RoPE, attention over the sequence's own cache, SwiGLU)
-//! is plain Rust on `f32` slices. A test checks that both passes give the same logits.
+//! prefill and a one-token decode step go through the same code). Weight matrices are held as
+//! Q8_0 by default (`quant.rs`: decoding is bound by the bytes of weights read per step) or as
+//! `f32` on candle's gemm ([`WeightFormat`]); the small per-row work (RMSNorm, RoPE, attention
+//! over the sequence's own cache, SwiGLU) is plain Rust on `f32` slices. A test checks that the
+//! `f32` pass gives the training pass's logits, another that Q8_0 stays close to them.
 //!
 //! Reproducibility: every row is computed the same way whatever else is in the batch. Attention
-//! reads only the row's own cache. gemm (0.19) computes a row the same way for any row count `m`
-//! except in two dispatch paths: a single-row `gemv` (`m = 1`) and a "horizontal" kernel for tiny
-//! products (`m * n <= 256`), which sum in a different order. `kernels::linear` zero-pads its input
-//! out of both. Hence the sampler's output does not depend on how requests are batched.
+//! reads only the row's own cache; the Q8_0 kernel runs the same instructions for a row whatever
+//! the row count. gemm (0.19) computes a row the same way for any row count `m` except in two
+//! dispatch paths: a single-row `gemv` (`m = 1`) and a "horizontal" kernel for tiny products
+//! (`m * n <= 256`), which sum in a different order. `kernels::linear` zero-pads its input out of
+//! both. Hence the sampler's output does not depend on how requests are batched.
 
 use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
-use crate::kernels::{add_assign, attend, linear, rms_norm_rows, silu_mul, HeadShape};
+use crate::kernels::{add_assign, attend, rms_norm_rows, silu_mul, HeadShape};
 use crate::kv_cache::KvCache;
+use crate::lora::Proj;
 use crate::model::LlamaModel;
+use crate::quant::{WeightFormat, Weights};
 use crate::rope::RopeTables;
 
 /// Fewest sequences per thread when a batch is split across threads.
 const MIN_SPLIT_SEQUENCES: usize = 16;
 
-/// One layer's weights, `f32`, fused where that saves a product.
+/// One layer's weights, fused where that saves a product; matrices in the sampler's
+/// [`WeightFormat`], norms in `f32`.
 struct InferLayer {
     attn_norm: Vec<f32>,
     /// `[q; k; v]` projections stacked: `(q_width + 2 kv_width, hidden)`.
-    wqkv: Tensor,
-    wo: Tensor,
+    wqkv: Weights,
+    wo: Weights,
     mlp_norm: Vec<f32>,
     /// `[gate; up]` stacked: `(2 ff, hidden)`.
-    wgu: Tensor,
-    wdown: Tensor,
+    wgu: Weights,
+    wdown: Weights,
 }
 
 /// The new tokens of one sequence for one [`InferenceModel::step`].
@@ -47,8 +53,8 @@ pub(crate) struct StepInput<'a> {
     pub positions: &'a [u32],
 }
 
-/// A frozen `f32` snapshot of a [`LlamaModel`] for sampling. Build one per generation call; it does
-/// not follow later training updates.
+/// A frozen snapshot of a [`LlamaModel`] for sampling (matrices in a [`WeightFormat`]). Build one
+/// per generation call; it does not follow later training updates.
 pub(crate) struct InferenceModel {
     hidden: usize,
     heads: usize,
@@ -60,7 +66,7 @@ pub(crate) struct InferenceModel {
     embed: Vec<f32>,
     layers: Vec<InferLayer>,
     norm: Vec<f32>,
-    lm_head: Tensor,
+    lm_head: Weights,
     rope: RopeTables,
     /// The SIMD level the per-row kernels are compiled for, detected once.
     arch: pulp::Arch,
@@ -70,27 +76,31 @@ fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
-fn f32_mat(parts: &[&Tensor]) -> Result<Tensor> {
+/// `parts` stacked by rows, in `format`.
+fn f32_mat(parts: &[&Tensor], format: WeightFormat) -> Result<Weights> {
     let parts: Vec<Tensor> =
         parts.iter().map(|t| t.to_dtype(candle_core::DType::F32)).collect::<candle_core::Result<_>>()?;
-    Ok(Tensor::cat(&parts, 0)?.contiguous()?)
+    Weights::stacked(&parts, format)
 }
 
 impl InferenceModel {
-    /// Snapshots `model`'s current weights.
-    pub fn new(model: &LlamaModel) -> Result<Self> {
+    /// Snapshots `model`'s current weights, its matrices converted to `format`.
+    pub fn new(model: &LlamaModel, format: WeightFormat) -> Result<Self> {
         let c = &model.config;
+        // LoRA adapters, when attached, are merged into these copies (W + scale * B A).
         let layers = model
             .layers
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
+                let w = |p: Proj| model.merged_weight(i, p);
                 Ok(InferLayer {
                     attn_norm: f32_vec(&l.input_norm)?,
-                    wqkv: f32_mat(&[&l.q, &l.k, &l.v])?,
-                    wo: f32_mat(&[&l.o])?,
+                    wqkv: f32_mat(&[&w(Proj::Q)?, &w(Proj::K)?, &w(Proj::V)?], format)?,
+                    wo: f32_mat(&[&w(Proj::O)?], format)?,
                     mlp_norm: f32_vec(&l.post_norm)?,
-                    wgu: f32_mat(&[&l.gate, &l.up])?,
-                    wdown: f32_mat(&[&l.down])?,
+                    wgu: f32_mat(&[&w(Proj::Gate)?, &w(Proj::Up)?], format)?,
+                    wdown: f32_mat(&[&w(Proj::Down)?], format)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -105,7 +115,7 @@ impl InferenceModel {
             embed: f32_vec(&model.embed)?,
             layers,
             norm: f32_vec(&model.norm)?,
-            lm_head: f32_mat(&[model.lm_head.as_ref().unwrap_or(&model.embed)])?,
+            lm_head: f32_mat(&[model.lm_head.as_ref().unwrap_or(&model.embed)], format)?,
             rope: model.rope.clone(),
             arch: pulp::Arch::new(),
         })
@@ -129,6 +139,11 @@ impl InferenceModel {
     /// per-product threading costs more than it gains at these sizes). Rows are independent, so the
     /// split changes no result.
     pub fn step(&self, seqs: &mut [StepInput<'_>]) -> Result<Vec<f32>> {
+        if rayon::current_thread_index().is_none() {
+            // Run the step on a pool thread: its many small parallel products then fork inside
+            // the pool, instead of each one queueing work from outside and sleeping until done.
+            return rayon::scope(|_| self.step(seqs));
+        }
         let threads = rayon::current_num_threads();
         if threads < 2 || seqs.len() < 2 * MIN_SPLIT_SEQUENCES {
             return self.step_part(seqs);
@@ -173,7 +188,7 @@ impl InferenceModel {
         let width = qw + 2 * kvw;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm_rows(&x, &layer.attn_norm, self.eps);
-            let mut qkv = linear(&h, rows, &layer.wqkv)?;
+            let mut qkv = layer.wqkv.matmul(&h, rows)?;
             let mut attn = vec![0f32; rows * qw];
             // Per-sequence work (RoPE, cache append, attention) touches only that sequence's rows
             // and cache: run sequences in parallel.
@@ -189,10 +204,10 @@ impl InferenceModel {
             jobs.into_par_iter().for_each(|(seq, block, out)| {
                 self.arch.dispatch(SequenceAttention { model: self, seq, layer: li, block, out });
             });
-            add_assign(&mut x, &linear(&attn, rows, &layer.wo)?);
+            add_assign(&mut x, &layer.wo.matmul(&attn, rows)?);
             let h = rms_norm_rows(&x, &layer.mlp_norm, self.eps);
-            let gu = linear(&h, rows, &layer.wgu)?;
-            add_assign(&mut x, &linear(&silu_mul(&gu, self.ff), rows, &layer.wdown)?);
+            let gu = layer.wgu.matmul(&h, rows)?;
+            add_assign(&mut x, &layer.wdown.matmul(&silu_mul(&gu, self.ff), rows)?);
         }
         let mut last = Vec::with_capacity(seqs.len() * d);
         let mut end = 0;
@@ -201,7 +216,7 @@ impl InferenceModel {
             last.extend_from_slice(&x[(end - 1) * d..end * d]);
         }
         let normed = rms_norm_rows(&last, &self.norm, self.eps);
-        linear(&normed, seqs.len(), &self.lm_head)
+        self.lm_head.matmul(&normed, seqs.len())
     }
 
     /// RoPE, cache append and attention for the new rows of one sequence in layer `layer`.
@@ -280,7 +295,7 @@ mod tests {
     fn sampling_path_matches_training_path() {
         for tied in [true, false] {
             let (model, _) = small_model(11, tied);
-            let fast = InferenceModel::new(&model).unwrap();
+            let fast = InferenceModel::new(&model, WeightFormat::F32).unwrap();
             let ids = [3u32, 9, 4, 13, 5, 6, 17, 8, 3, 3, 10, 15];
             let reference = reference_logits(&model, &ids);
             let split = 5;
@@ -294,31 +309,54 @@ mod tests {
 
     #[test]
     fn rows_do_not_depend_on_batch_neighbours() {
-        let (model, _) = small_model(5, true);
-        let fast = InferenceModel::new(&model).unwrap();
-        let (a, b, c): (&[u32], &[u32], &[u32]) = (&[3, 4, 5], &[6, 7, 8, 9, 10, 11, 12], &[13]);
-        let positions = |s: &[u32]| (0..s.len() as u32).collect::<Vec<_>>();
-        let alone = {
-            let mut cache = fast.new_cache();
-            fast.step(&mut [StepInput { cache: &mut cache, tokens: a, positions: &positions(a) }]).unwrap()
-        };
-        let (mut c1, mut c2, mut c3) = (fast.new_cache(), fast.new_cache(), fast.new_cache());
-        let (pb, pa, pc) = (positions(b), positions(a), positions(c));
-        let together = fast
-            .step(&mut [
-                StepInput { cache: &mut c1, tokens: b, positions: &pb },
-                StepInput { cache: &mut c2, tokens: a, positions: &pa },
-                StepInput { cache: &mut c3, tokens: c, positions: &pc },
-            ])
-            .unwrap();
-        let v = fast.vocab();
-        assert_eq!(&together[v..2 * v], alone.as_slice(), "bit-identical whatever the batch");
+        for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+            let (model, _) = small_model(5, true);
+            let fast = InferenceModel::new(&model, format).unwrap();
+            let (a, b, c): (&[u32], &[u32], &[u32]) = (&[3, 4, 5], &[6, 7, 8, 9, 10, 11, 12], &[13]);
+            let positions = |s: &[u32]| (0..s.len() as u32).collect::<Vec<_>>();
+            let alone = {
+                let mut cache = fast.new_cache();
+                fast.step(&mut [StepInput { cache: &mut cache, tokens: a, positions: &positions(a) }]).unwrap()
+            };
+            let (mut c1, mut c2, mut c3) = (fast.new_cache(), fast.new_cache(), fast.new_cache());
+            let (pb, pa, pc) = (positions(b), positions(a), positions(c));
+            let together = fast
+                .step(&mut [
+                    StepInput { cache: &mut c1, tokens: b, positions: &pb },
+                    StepInput { cache: &mut c2, tokens: a, positions: &pa },
+                    StepInput { cache: &mut c3, tokens: c, positions: &pc },
+                ])
+                .unwrap();
+            let v = fast.vocab();
+            assert_eq!(&together[v..2 * v], alone.as_slice(), "{format:?}: bit-identical whatever the batch");
+        }
+    }
+
+    /// Q8_0 weights move the logits only a little: each weight is off by at most 1/254 of its
+    /// block's largest, and the errors mostly cancel. The bound is loose (the tiny random
+    /// model's logits are of order 1); a broken kernel is off by far more.
+    #[test]
+    fn q8_sampling_path_stays_close_to_training_path() {
+        for tied in [true, false] {
+            let (model, _) = small_model(11, tied);
+            let fast = InferenceModel::new(&model, WeightFormat::Q8_0).unwrap();
+            let ids = [3u32, 9, 4, 13, 5, 6, 17, 8, 3, 3, 10, 15];
+            let reference = reference_logits(&model, &ids);
+            let got = fast_logits(&fast, &ids, 5);
+            for (i, row) in got.iter().enumerate() {
+                let want = &reference[4 + i];
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = max_abs_diff(row, want);
+                assert!(diff < 0.01 * scale.max(1.0), "tied={tied} position {}: max |diff| {diff}", 4 + i);
+                assert!(diff > 0.0, "the Q8_0 path really quantizes");
+            }
+        }
     }
 
     #[test]
     fn extending_a_shared_prompt_equals_one_long_sequence() {
         let (model, _) = small_model(2, true);
-        let fast = InferenceModel::new(&model).unwrap();
+        let fast = InferenceModel::new(&model, WeightFormat::F32).unwrap();
         let ids = [3u32, 4, 5, 6, 7, 8];
         let mut prompt = fast.new_cache();
         fast.step(&mut [StepInput { cache: &mut prompt, tokens: &ids[..4], positions: &[0, 1, 2, 3] }]).unwrap();
@@ -333,7 +371,7 @@ mod tests {
     #[test]
     fn bad_inputs_are_rejected() {
         let (model, _) = small_model(2, true);
-        let fast = InferenceModel::new(&model).unwrap();
+        let fast = InferenceModel::new(&model, WeightFormat::F32).unwrap();
         let mut cache = fast.new_cache();
         assert!(fast.step(&mut [StepInput { cache: &mut cache, tokens: &[3], positions: &[64] }]).is_err());
         assert!(fast.step(&mut [StepInput { cache: &mut cache, tokens: &[99], positions: &[0] }]).is_err());

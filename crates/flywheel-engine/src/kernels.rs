@@ -64,13 +64,52 @@ pub(crate) fn attend<S: pulp::Simd>(
             }
         }
         let os = &mut out[kvh * group * hd..][..group * hd];
-        os.fill(0.0);
-        let entries = cache.segments(layer).flat_map(|(_, v)| v.chunks_exact(kvw)).take(keys);
-        for (j, entry) in entries.enumerate() {
-            let v = &entry[kvh * hd..][..hd];
-            for (g, oh) in os.chunks_exact_mut(hd).enumerate() {
-                axpy_simd(simd, scores[g * keys + j], v, oh);
+        for (g, oh) in os.chunks_exact_mut(hd).enumerate() {
+            let values = || cache.segments(layer).flat_map(|(_, v)| v.chunks_exact(kvw)).map(|e| &e[kvh * hd..][..hd]);
+            weighted_sum(simd, &scores[g * keys..][..keys], values, oh);
+        }
+    }
+}
+
+/// `out = Σ_j p[j] v_j` over the value rows `values()` (as many as `p` has), each output lane summed in key order with
+/// fused multiply-adds. Eight vectors of the output at a time stay in registers across all keys
+/// (one pass over the keys per eight vectors), rather than being loaded and stored per key.
+#[inline(always)]
+fn weighted_sum<'v, S: pulp::Simd, I: Iterator<Item = &'v [f32]>>(
+    simd: S,
+    p: &[f32],
+    values: impl Fn() -> I,
+    out: &mut [f32],
+) {
+    let lanes = std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>();
+    let (oh, ot) = S::as_mut_simd_f32s(out);
+    let vectors = oh.len();
+    let zero = simd.splat_f32s(0.0);
+    let mut groups = oh.chunks_exact_mut(8);
+    for (c, o) in groups.by_ref().enumerate() {
+        let mut acc = [zero; 8];
+        for (v, &p) in values().zip(p) {
+            let vs = &S::as_simd_f32s(v).0[8 * c..][..8];
+            let ps = simd.splat_f32s(p);
+            for (a, &v) in acc.iter_mut().zip(vs) {
+                *a = simd.mul_add_e_f32s(ps, v, *a);
             }
+        }
+        o.copy_from_slice(&acc);
+    }
+    let rest = groups.into_remainder();
+    for (i, o) in rest.iter_mut().enumerate() {
+        let mut acc = zero;
+        for (v, &p) in values().zip(p) {
+            acc = simd.mul_add_e_f32s(simd.splat_f32s(p), S::as_simd_f32s(v).0[vectors / 8 * 8 + i], acc);
+        }
+        *o = acc;
+    }
+    let first = vectors * lanes;
+    for (i, o) in ot.iter_mut().enumerate() {
+        *o = 0.0;
+        for (v, &p) in values().zip(p) {
+            *o += p * v[first + i];
         }
     }
 }
@@ -110,31 +149,26 @@ pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// `a · b` in SIMD registers of `S`, fused multiply-adds where the CPU has them.
+/// `a · b` in SIMD registers of `S`, fused multiply-adds where the CPU has them. Four
+/// accumulators, so that a head's products are not one chain of dependent additions.
 #[inline(always)]
 fn dot_simd<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     let (ah, at) = S::as_simd_f32s(a);
     let (bh, bt) = S::as_simd_f32s(b);
-    let mut acc = simd.splat_f32s(0.0);
-    for (x, y) in ah.iter().zip(bh) {
-        acc = simd.mul_add_e_f32s(*x, *y, acc);
+    let (a4, b4) = (ah.chunks_exact(4), bh.chunks_exact(4));
+    let (ar, br) = (a4.remainder(), b4.remainder());
+    let mut acc = [simd.splat_f32s(0.0); 4];
+    for (x, y) in a4.zip(b4) {
+        for i in 0..4 {
+            acc[i] = simd.mul_add_e_f32s(x[i], y[i], acc[i]);
+        }
     }
+    for (x, y) in ar.iter().zip(br) {
+        acc[0] = simd.mul_add_e_f32s(*x, *y, acc[0]);
+    }
+    let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
     let tail: f32 = at.iter().zip(bt).map(|(x, y)| x * y).sum();
-    simd.reduce_sum_f32s(acc) + tail
-}
-
-/// `out += p * v` in SIMD registers of `S`.
-#[inline(always)]
-fn axpy_simd<S: pulp::Simd>(simd: S, p: f32, v: &[f32], out: &mut [f32]) {
-    let (oh, ot) = S::as_mut_simd_f32s(out);
-    let (vh, vt) = S::as_simd_f32s(v);
-    let ps = simd.splat_f32s(p);
-    for (o, x) in oh.iter_mut().zip(vh) {
-        *o = simd.mul_add_e_f32s(ps, *x, *o);
-    }
-    for (o, x) in ot.iter_mut().zip(vt) {
-        *o += p * x;
-    }
+    simd.reduce_sum_f32s(sum) + tail
 }
 
 /// Dot product with eight independent accumulators (vectorises; fixed summation order).
@@ -159,4 +193,42 @@ pub(crate) fn silu_mul(gu: &[f32], ff: usize) -> Vec<f32> {
         act.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
     }
     act
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`weighted_sum`] and [`dot_simd`] at the CPU's SIMD level.
+    struct Sums<'a> {
+        p: &'a [f32],
+        values: &'a [Vec<f32>],
+    }
+
+    impl pulp::WithSimd for Sums<'_> {
+        type Output = (Vec<f32>, f32);
+
+        fn with_simd<S: pulp::Simd>(self, simd: S) -> Self::Output {
+            let mut out = vec![f32::NAN; self.values[0].len()];
+            weighted_sum(simd, self.p, || self.values.iter().map(Vec::as_slice), &mut out);
+            (out, dot_simd(simd, &self.values[0], &self.values[1]))
+        }
+    }
+
+    #[test]
+    fn attention_sums_match_plain_loops() {
+        // Head widths with whole groups of eight vectors, a remainder vector and scalar tails.
+        for hd in [8, 64, 67, 136] {
+            let values: Vec<Vec<f32>> =
+                (0..5).map(|j| (0..hd).map(|i| ((i * 7 + j * 3) % 11) as f32 / 11.0 - 0.4).collect()).collect();
+            let p = [0.1, 0.3, 0.2, 0.25, 0.15];
+            let (got, dot) = pulp::Arch::new().dispatch(Sums { p: &p, values: &values });
+            for (i, g) in got.iter().enumerate() {
+                let want: f32 = values.iter().zip(&p).map(|(v, p)| p * v[i]).sum();
+                assert!((g - want).abs() < 1e-5, "hd {hd} lane {i}: {g} vs {want}");
+            }
+            let want: f32 = values[0].iter().zip(&values[1]).map(|(a, b)| a * b).sum();
+            assert!((dot - want).abs() < 1e-4, "hd {hd}: {dot} vs {want}");
+        }
+    }
 }

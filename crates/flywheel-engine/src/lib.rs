@@ -14,19 +14,24 @@
 //!   (batched sampling with per-sequence KV caches) and [`flywheel_core::Trainer`] (full-parameter
 //!   SFT with AdamW), with checkpoint save / load / reset.
 
+mod adapter;
 mod batch;
+mod chat_template;
 mod checkpoint;
 mod config;
 mod engine;
 mod error;
 mod forward;
 mod generate;
+mod gguf;
 #[cfg(test)]
 mod grad_tests;
 mod infer;
 mod kernels;
 mod kv_cache;
+mod lora;
 mod model;
+mod quant;
 mod rope;
 mod sample;
 mod template;
@@ -35,14 +40,22 @@ mod testing;
 mod tokenizer;
 mod train;
 
+pub use adapter::{
+    load_adapter, peft_tensor_name, save_adapter, AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE,
+};
+pub use chat_template::ChatTemplate;
 pub use checkpoint::{
-    load_checkpoint, load_weights, save_checkpoint, save_weights, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE,
+    load_checkpoint, load_weights, read_chat_template, save_checkpoint, save_tensors, save_weights,
+    write_tokenizer_config, CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
 pub use config::{LlamaConfig, TokenIds};
 pub use engine::Engine;
 pub use error::{EngineError, Result};
 pub use generate::SamplerOptions;
+pub use gguf::{hf_name, load_gguf, unpermute_rows, GgufModel};
+pub use lora::{LoraConfig, Proj};
 pub use model::{parameter_shapes, LlamaModel};
+pub use quant::WeightFormat;
 pub use sample::sequence_rng;
 pub use template::{tokenize_example, PromptFormat, RawFormat, Segment, TokenizedExample};
 pub use tokenizer::{TextTokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN};

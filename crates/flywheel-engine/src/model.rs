@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
+use crate::lora::{FrozenLinear, Lora, LoraConfig, Proj};
 use crate::rope::RopeTables;
 
 /// The parameters of one decoder layer.
@@ -46,6 +47,8 @@ pub struct LlamaModel {
     pub(crate) rope_sin: Tensor,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
+    /// LoRA adapters; while attached, only they train and the base weights are frozen.
+    pub(crate) lora: Option<Lora>,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -175,6 +178,7 @@ impl LlamaModel {
             rope_sin,
             dtype,
             device,
+            lora: None,
         })
     }
 
@@ -220,6 +224,104 @@ impl LlamaModel {
     /// The parameters' dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+}
+
+/// LoRA: attaching, resetting, merging adapters, and the weights the other passes read.
+impl LlamaModel {
+    /// Attaches fresh adapters (`B = 0`: the model's output is unchanged) drawn from `seed`. From
+    /// now on only the adapters train. Replaces adapters already attached.
+    pub fn attach_lora(&mut self, config: LoraConfig, seed: u64) -> Result<()> {
+        let layers = self.layers.len();
+        let lora = Lora::new(config, layers, |p| self.layers[0].weight(p).dims2().unwrap_or((0, 0)), seed)?;
+        self.lora = Some(lora);
+        Ok(())
+    }
+
+    /// Re-draws the adapters from `seed` (back to the base model's output), when attached.
+    pub fn reset_lora(&self, seed: u64) -> Result<()> {
+        self.lora.as_ref().map_or(Ok(()), |l| l.reset(seed))
+    }
+
+    /// The adapters' settings, when attached.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|l| &l.config)
+    }
+
+    /// Folds the adapters into the base weights (`W += alpha/rank · B A`) and detaches them.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let Some(lora) = self.lora.take() else { return Ok(()) };
+        for (i, layer) in self.layers.iter().enumerate() {
+            for p in Proj::ALL {
+                if let Some(ad) = lora.adapter(i, p) {
+                    let w = layer.weight(p);
+                    w.set(&(w.as_tensor() + lora.merged_delta(ad)?.to_dtype(self.dtype)?)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Projection `p` of layer `layer` with its adapter merged in, as a new `f32` tensor.
+    pub(crate) fn merged_weight(&self, layer: usize, p: Proj) -> Result<Tensor> {
+        let w = self.layers[layer].weight(p).as_tensor().to_dtype(DType::F32)?;
+        match self.lora.as_ref().and_then(|l| l.adapter(layer, p).map(|ad| (l, ad))) {
+            Some((lora, ad)) => Ok((w + lora.merged_delta(ad)?)?),
+            None => Ok(w),
+        }
+    }
+
+    /// The variables an optimiser trains: the adapters when attached, else every parameter.
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        match &self.lora {
+            Some(lora) => lora.vars(),
+            None => self.named_vars().into_iter().map(|(_, v)| v).collect(),
+        }
+    }
+
+    /// A parameter as the forward pass uses it: detached (a constant) while adapters train.
+    pub(crate) fn param(&self, v: &Var) -> Tensor {
+        if self.lora.is_some() {
+            v.as_tensor().detach()
+        } else {
+            v.as_tensor().clone()
+        }
+    }
+
+    /// `x Wᵀ` for projection `p` of layer `layer` (`x` 2-D), plus its adapter's update when one
+    /// is attached; the base weight is frozen then. `train` turns on the adapter's dropout.
+    pub(crate) fn linear(&self, layer: usize, p: Proj, x: &Tensor, train: bool) -> Result<Tensor> {
+        let w = self.layers[layer].weight(p);
+        let Some(lora) = &self.lora else { return Ok(x.matmul(&w.t()?)?) };
+        let base = x.contiguous()?.apply_op1(FrozenLinear { weight: w.as_tensor().detach() })?;
+        match lora.adapter(layer, p) {
+            Some(ad) => Ok((base + lora.delta(ad, x, train)?)?),
+            None => Ok(base),
+        }
+    }
+
+    /// `x Wᵀ` for the output projection (frozen while adapters train).
+    pub(crate) fn output_projection(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        if self.lora.is_some() && x.rank() == 2 {
+            return Ok(x.contiguous()?.apply_op1(FrozenLinear { weight: w.as_tensor().detach() })?);
+        }
+        Ok(x.broadcast_matmul(&self.param(w).t()?)?)
+    }
+}
+
+impl LayerVars {
+    /// The weight of projection `p`.
+    pub(crate) fn weight(&self, p: Proj) -> &Var {
+        match p {
+            Proj::Q => &self.q,
+            Proj::K => &self.k,
+            Proj::V => &self.v,
+            Proj::O => &self.o,
+            Proj::Gate => &self.gate,
+            Proj::Up => &self.up,
+            Proj::Down => &self.down,
+        }
     }
 }
 

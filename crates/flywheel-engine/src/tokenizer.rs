@@ -66,6 +66,12 @@ impl TextTokenizer {
         Ok(Self { inner })
     }
 
+    /// Parses the text of a `tokenizer.json`.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
     /// Writes the tokenizer as a `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
         let text =
@@ -97,6 +103,11 @@ impl TextTokenizer {
     /// The id of `token` (a vocabulary entry or an added token such as `<eos>`).
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The text of token `id` (for example `<|im_end|>`), if the id exists.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The wrapped Hugging Face tokenizer.

@@ -99,7 +99,7 @@ pub fn train(
             return Err(EngineError::invalid(format!("training example {i} has no target token after the first")));
         }
     }
-    let vars: Vec<Var> = model.named_vars().into_iter().map(|(_, v)| v).collect();
+    let vars: Vec<Var> = model.trainable_vars();
     let (decay, no_decay): (Vec<Var>, Vec<Var>) = vars.iter().cloned().partition(|v| v.rank() >= 2);
     let adam = |vars, weight_decay| {
         let p = ParamsAdamW {

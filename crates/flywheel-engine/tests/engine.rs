@@ -25,7 +25,15 @@ fn req(prompt: &str, n: usize) -> GenerationRequest {
 }
 
 fn sampling(seed: u64) -> SamplingParams {
-    SamplingParams { temperature: 1.0, top_p: 0.95, top_k: 0, max_new_tokens: 12, stop: vec![], seed }
+    SamplingParams {
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: 0,
+        max_new_tokens: 12,
+        stop: vec![],
+        seed,
+        ignore_eos: false,
+    }
 }
 
 #[test]

@@ -42,6 +42,10 @@ pub struct RunConfig {
 pub enum TaskConfig {
     /// n-digit addition with a digit-by-digit scratchpad (see `tasks::addition`).
     Addition(AdditionConfig),
+    /// One- and two-step arithmetic word problems from templates (see `tasks::arith_word`).
+    ArithWord(ArithWordConfig),
+    /// Problems read from JSONL files, such as GSM8K's (see `tasks::jsonl`).
+    Jsonl(JsonlConfig),
 }
 
 /// Settings of the built-in addition task. Lists are indexed by digit length, from 1.
@@ -66,13 +70,150 @@ fn default_hinted_fraction() -> f64 {
     0.5
 }
 
+/// Settings of the built-in arithmetic word problems.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArithWordConfig {
+    /// Training problems STaR samples every iteration.
+    pub train_problems: usize,
+    /// Held-out problems, never trained on.
+    pub eval_problems: usize,
+    /// Share of two-step problems in each split; the rest take one step.
+    #[serde(default = "default_two_step_fraction")]
+    pub two_step_fraction: f64,
+    /// Largest operand of additions and subtractions (10 to 300); factors, divisors and quotients
+    /// stay within 2 to 12 whatever this is.
+    #[serde(default = "default_max_operand")]
+    pub max_operand: u64,
+    /// Where a completion has no explicit answer marker, judge its last number instead.
+    #[serde(default)]
+    pub last_number_fallback: bool,
+    /// The line after each question (default [`crate::tasks::DEFAULT_INSTRUCTION`]); empty: the question alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+}
+
+fn default_two_step_fraction() -> f64 {
+    0.5
+}
+
+fn default_max_operand() -> u64 {
+    100
+}
+
+/// Settings of a task read from JSONL files, one problem per line.
+///
+/// Relative paths are resolved against the current working directory, not the config file's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JsonlConfig {
+    /// The training problems.
+    pub train: PathBuf,
+    /// The held-out problems; a training problem with the same question is dropped.
+    pub eval: PathBuf,
+    /// The field holding the question (a string).
+    #[serde(default = "default_question_field")]
+    pub question_field: String,
+    /// The field holding the answer: a bare answer or a worked solution ending in a marker such as
+    /// GSM8K's `#### 72`, a string or a number.
+    #[serde(default = "default_answer_field")]
+    pub answer_field: String,
+    /// The field holding each problem's bucket for per-bucket accuracy (a string or a number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_field: Option<String>,
+    /// Training problems kept, drawn after a seeded shuffle (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+    /// Held-out problems kept, drawn after a seeded shuffle (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_limit: Option<usize>,
+    /// The line after each question (default [`crate::tasks::DEFAULT_INSTRUCTION`]); empty: the question alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+    /// Where a completion has no explicit answer marker, judge its last number instead.
+    #[serde(default)]
+    pub last_number_fallback: bool,
+}
+
+fn default_question_field() -> String {
+    "question".to_owned()
+}
+
+fn default_answer_field() -> String {
+    "answer".to_owned()
+}
+
 /// Which model to start from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ModelConfig {
-    /// A model in this process (candle).
+    /// A fresh model in this process (candle), trained on the task's seed set first.
     Embedded(EmbeddedModelConfig),
+    /// A pretrained model in this process (candle), from a GGUF file or a Hugging Face directory.
+    Pretrained(PretrainedModelConfig),
 }
+
+impl ModelConfig {
+    /// Most sequences the embedded engine decodes at once.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            ModelConfig::Embedded(c) => c.max_batch,
+            ModelConfig::Pretrained(c) => c.max_batch,
+        }
+    }
+}
+
+/// A pretrained model, improved as it is (iteration 0 evaluates it without training).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PretrainedModelConfig {
+    /// A GGUF file (llama.cpp) or a Hugging Face model directory (`config.json`, `*.safetensors`,
+    /// `tokenizer.json`, and `tokenizer_config.json` for the chat template). Relative paths are
+    /// resolved against the working directory.
+    pub path: PathBuf,
+    /// LoRA adapters to train instead of every weight; absent: full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Most sequences decoded at once.
+    #[serde(default = "default_pretrained_batch")]
+    pub max_batch: usize,
+    /// Padded tokens per forward pass in training (a step's batch is split into micro-batches of
+    /// at most this many; gradients are summed, so only peak memory changes).
+    #[serde(default = "default_micro_batch_tokens")]
+    pub micro_batch_tokens: usize,
+}
+
+fn default_pretrained_batch() -> usize {
+    64
+}
+
+fn default_micro_batch_tokens() -> usize {
+    2048
+}
+
+/// LoRA settings (PEFT's names in brackets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LoraSettings {
+    /// Rank of the update (`r`).
+    pub rank: usize,
+    /// Scale numerator; the update is scaled by `alpha / rank` (`lora_alpha`).
+    pub alpha: f64,
+    /// Dropout on the adapter input while training (`lora_dropout`).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Projections that get adapters (`target_modules`): any of `q_proj`, `k_proj`, `v_proj`,
+    /// `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
+    #[serde(default = "default_targets")]
+    pub target_modules: Vec<String>,
+}
+
+fn default_targets() -> Vec<String> {
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec()
+}
+
+/// Projections LoRA may target in a Llama model.
+pub const LORA_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 /// An in-process model: a fresh one of a given shape, trained on the task's seed set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,19 +373,22 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let TaskConfig::Addition(task) = &self.task;
-        if task.max_digits == 0 || task.max_digits > 18 {
-            return Err(format!("task.max-digits must be 1 to 18, got {}", task.max_digits));
-        }
-        if task.seed_examples.len() != task.max_digits {
-            return Err(format!(
-                "task.seed-examples needs one count per digit length (1..={}), got {}",
-                task.max_digits,
-                task.seed_examples.len()
-            ));
-        }
-        if !(0.0..=1.0).contains(&task.seed_hinted_fraction) {
-            return Err("task.seed-hinted-fraction must be within 0 and 1".into());
+        validate_task(&self.task)?;
+        if let ModelConfig::Pretrained(model) = &self.model {
+            if let Some(lora) = &model.lora {
+                if lora.rank == 0 {
+                    return Err("model.lora.rank must be at least 1".into());
+                }
+                if !(0.0..1.0).contains(&lora.dropout) {
+                    return Err("model.lora.dropout must be in [0, 1)".into());
+                }
+                if let Some(bad) = lora.target_modules.iter().find(|m| !LORA_TARGETS.contains(&m.as_str())) {
+                    return Err(format!(
+                        "model.lora.target-modules: `{bad}` is not one of {}",
+                        LORA_TARGETS.join(", ")
+                    ));
+                }
+            }
         }
         let StrategyConfig::Star(star) = &self.strategy;
         if star.samples_per_problem == 0 {
@@ -266,4 +410,56 @@ impl RunConfig {
     pub fn default_run_dir(&self) -> PathBuf {
         PathBuf::from("runs").join(&self.name)
     }
+}
+
+fn validate_task(task: &TaskConfig) -> Result<(), String> {
+    match task {
+        TaskConfig::Addition(task) => {
+            if task.max_digits == 0 || task.max_digits > 18 {
+                return Err(format!("task.max-digits must be 1 to 18, got {}", task.max_digits));
+            }
+            if task.seed_examples.len() != task.max_digits {
+                return Err(format!(
+                    "task.seed-examples needs one count per digit length (1..={}), got {}",
+                    task.max_digits,
+                    task.seed_examples.len()
+                ));
+            }
+            if !(0.0..=1.0).contains(&task.seed_hinted_fraction) {
+                return Err("task.seed-hinted-fraction must be within 0 and 1".into());
+            }
+        }
+        TaskConfig::ArithWord(task) => {
+            if task.eval_problems == 0 {
+                return Err("task.eval-problems must be at least 1".into());
+            }
+            if !(0.0..=1.0).contains(&task.two_step_fraction) {
+                return Err(format!("task.two-step-fraction must be within 0 and 1, got {}", task.two_step_fraction));
+            }
+            if !(10..=300).contains(&task.max_operand) {
+                return Err(format!("task.max-operand must be 10 to 300, got {}", task.max_operand));
+            }
+        }
+        TaskConfig::Jsonl(task) => {
+            for (key, path) in [("train", &task.train), ("eval", &task.eval)] {
+                if path.as_os_str().is_empty() {
+                    return Err(format!("task.{key} must name a file"));
+                }
+            }
+            for (key, field) in [("question-field", &task.question_field), ("answer-field", &task.answer_field)] {
+                if field.is_empty() {
+                    return Err(format!("task.{key} must not be empty"));
+                }
+            }
+            if task.bucket_field.as_deref() == Some("") {
+                return Err("task.bucket-field must not be empty".into());
+            }
+            for (key, limit) in [("train-limit", task.train_limit), ("eval-limit", task.eval_limit)] {
+                if limit == Some(0) {
+                    return Err(format!("task.{key} must be at least 1"));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -62,6 +62,24 @@ pub enum LoopError {
         /// Why it cannot be used.
         message: String,
     },
+    /// A line of a problem file (JSONL) is unusable; the message names the field where one is at fault.
+    #[error("{}:{line}: {message}", path.display())]
+    Dataset {
+        /// The problem file.
+        path: PathBuf,
+        /// The 1-based line.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
+    /// A task cannot provide the problems its config asks for.
+    #[error("task {task}: {message}")]
+    Task {
+        /// The task's `type` in the config.
+        task: &'static str,
+        /// Why not.
+        message: String,
+    },
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] flywheel_core::CoreError),

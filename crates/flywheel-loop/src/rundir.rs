@@ -79,6 +79,28 @@ impl RunDir {
         Ok(RunDir { root: root.to_owned(), config, state })
     }
 
+    /// Raises the run's iteration count to `iterations`: the one change to a started run's config
+    /// that replays nothing (every finished iteration stays as it is), so a run can go on for more
+    /// iterations than it was started with. `config.toml` and its hash in `state.json` are
+    /// rewritten. Lowering the count is refused.
+    pub fn extend_iterations(&mut self, iterations: usize) -> Result<()> {
+        let config_path = self.root.join("config.toml");
+        if iterations < self.config.iterations {
+            return Err(LoopError::RunDir {
+                path: config_path,
+                message: format!(
+                    "the run has {} iterations; --iterations may only raise it, not lower it to {iterations}",
+                    self.config.iterations
+                ),
+            });
+        }
+        self.config.iterations = iterations;
+        let text = self.config.to_toml();
+        write_atomic(&config_path, text.as_bytes())?;
+        self.state.config_sha256 = sha256(text.as_bytes());
+        self.save_state()
+    }
+
     /// The run's root.
     pub fn root(&self) -> &Path {
         &self.root

@@ -37,7 +37,7 @@ impl<'r, E: Engine> Runner<'r, E> {
     /// Prepares a run: builds the task and checks that its splits are disjoint.
     pub fn new(engine: E, dir: RunDir, reporter: &'r dyn Reporter) -> Result<Self> {
         let config = dir.config();
-        let task = tasks::build(&config.task, config.seed);
+        let task = tasks::build(&config.task, config.seed)?;
         let shared = crate::task::check_disjoint(task.as_ref());
         if !shared.is_empty() {
             return Err(LoopError::Config {
@@ -73,21 +73,24 @@ impl<'r, E: Engine> Runner<'r, E> {
     fn base_iteration(&mut self) -> Result<()> {
         let dir = self.dir.begin_iteration(0)?;
         let config = self.dir.config().clone();
-        let ModelConfig::Embedded(model_config) = &config.model;
         let mut model = self.engine.fresh(&config, self.task.as_ref(), seeds::derive(config.seed, "init", 0))?;
-        let seed_set = self.task.seed_examples();
-        write_jsonl(&dir.join("train.jsonl"), &seed_set)?;
-        tracing::info!("iteration 0: training the base model on {} seed examples", seed_set.len());
-        let params =
-            model_config.base_training.params(model_config.base_training.steps, seeds::derive(config.seed, "train", 0));
-        let summary = model.train(&seed_set, &params, self.reporter)?;
-        self.log_training(0, seed_set.len(), &summary)?;
+        match &config.model {
+            ModelConfig::Embedded(model_config) => {
+                let seed_set = self.task.seed_examples();
+                write_jsonl(&dir.join("train.jsonl"), &seed_set)?;
+                tracing::info!("iteration 0: training the base model on {} seed examples", seed_set.len());
+                let training = &model_config.base_training;
+                let params = training.params(training.steps, seeds::derive(config.seed, "train", 0));
+                let summary = model.train(&seed_set, &params, self.reporter)?;
+                self.log_training(0, seed_set.len(), &summary)?;
+            }
+            ModelConfig::Pretrained(_) => tracing::info!("iteration 0: the pretrained model, as it is"),
+        }
         model.save(&self.dir.model_dir(0))?;
         self.evaluate(0, &mut model)?;
         self.dir.finish_iteration(0)
     }
 
-    /// Iteration `k >= 1`: sample, select, fine-tune, evaluate.
     fn star_iteration(&mut self, k: usize) -> Result<()> {
         let dir = self.dir.begin_iteration(k)?;
         let config = self.dir.config().clone();

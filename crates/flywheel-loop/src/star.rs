@@ -30,6 +30,10 @@ pub struct SampleRecord {
     pub correct: bool,
     /// Whether this was a rationalization attempt (answer shown as a hint).
     pub rationalized: bool,
+    /// Whether the completion states its answer before any working (see [`answers_first`]); such
+    /// a sample is never kept, right or not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answer_first: bool,
 }
 
 /// Verdicts on the completions of one problem.
@@ -53,14 +57,33 @@ pub fn judge_completions(
                 extracted: verdict.extracted.map(str::to_owned),
                 correct: verdict.correct,
                 rationalized,
+                answer_first: answers_first(verifier, &c.text),
             }
         })
         .collect()
 }
 
-/// The rationale STaR keeps for a problem: its first correct sample, if any.
+/// Whether `completion` states a final answer in its first sentence and then goes on: an answer
+/// put before any working, which the text after it can only justify. Rationalization invites
+/// exactly this (the hint is parroted: "The answer is 26. Here's a brief calculation: 33 x 7 =
+/// 216."), and a model trained on such samples learns to open every answer with a guess: in our
+/// first SmolLM2 run, 18 of 36 kept rationalizations did, and after training 199 of 200 held-out
+/// answers opened with "The answer is" and accuracy fell from 5.5% to 4.5%. A completion that is
+/// only the answer sentence is not affected.
+pub fn answers_first(verifier: &Verifier, completion: &str) -> bool {
+    let text = completion.trim_start();
+    let line = text.split('\n').next().unwrap_or("");
+    let sentence = match line.find(". ") {
+        Some(end) => &line[..=end],
+        None => line,
+    };
+    sentence.len() < text.trim_end().len() && verifier.extract(sentence).is_some()
+}
+
+/// The rationale STaR keeps for a problem: its first correct sample that does not state its
+/// answer before the working, if any.
 pub fn select(records: &[SampleRecord]) -> Option<&SampleRecord> {
-    records.iter().find(|r| r.correct)
+    records.iter().find(|r| r.correct && !r.answer_first)
 }
 
 /// The training example of a kept rationale: the task's plain prompt, never the hinted one.
@@ -101,6 +124,7 @@ pub fn star_samples(
         max_new_tokens: config.max_new_tokens,
         stop: Vec::new(),
         seed,
+        ignore_eos: false,
     };
     let requests: Vec<GenerationRequest> =
         problems.iter().map(|p| GenerationRequest { prompt: task.prompt(p), n: config.samples_per_problem }).collect();
@@ -167,6 +191,28 @@ mod tests {
         assert_eq!(records.iter().map(|r| r.correct).collect::<Vec<_>>(), [false, false, true, true]);
         assert_eq!(select(&records).map(|r| r.completion.as_str()), Some("x\nA:1134"));
         assert_eq!(select(&records[..2]), None);
+    }
+
+    #[test]
+    fn answers_stated_before_the_working_are_not_kept() {
+        let v = Verifier::new(flywheel_verify::Format::Auto);
+        let p = Problem { id: "p".into(), question: "q".into(), answer: "26".into(), bucket: String::new() };
+        let texts = [
+            "The answer is 26. Here's a brief calculation: 33 x 7 = 216.",
+            "The answer is 26.\nBecause 20 + 6 = 26.",
+            "20 + 6 = 26.\nThe answer is 26.",
+            "The answer is 26.",
+        ];
+        let records = judge_completions(&v, &p, "q", &texts.map(completion), true);
+        assert!(records.iter().all(|r| r.correct));
+        assert_eq!(records.iter().map(|r| r.answer_first).collect::<Vec<_>>(), [true, true, false, false]);
+        assert_eq!(select(&records).map(|r| r.completion.as_str()), Some(texts[2]));
+        assert_eq!(select(&records[..2]), None);
+        // The addition scratchpad never opens with its answer line.
+        let add = Verifier::new(flywheel_verify::Format::FinalLine);
+        for (a, b) in [(3, 4), (9, 9), (345, 789)] {
+            assert!(!answers_first(&add, &scratchpad(a, b)), "{a}+{b}");
+        }
     }
 
     #[test]

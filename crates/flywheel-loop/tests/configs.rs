@@ -10,7 +10,12 @@ fn examples() -> PathBuf {
 
 #[test]
 fn shipped_examples_parse() {
-    for name in ["addition-star.toml", "addition-star-no-rationalization.toml"] {
+    for name in [
+        "addition-star.toml",
+        "addition-star-no-rationalization.toml",
+        "smollm2-arith-star.toml",
+        "smollm2-gsm8k-star.toml",
+    ] {
         let config = RunConfig::load(&examples().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(format!("{}.toml", config.name), name);
         // What is written to the run directory reads back as the same config.
@@ -35,4 +40,18 @@ fn invalid_values_name_the_key() {
     let text = text.replace("seed-examples = [100, 1000, 80, 80, 80]", "seed-examples = [100, 1000]");
     let err = RunConfig::parse(&text, Path::new("my.toml")).expect_err("short list");
     assert!(err.to_string().contains("task.seed-examples"), "{err}");
+}
+
+#[test]
+fn lora_settings_are_checked() {
+    let text = std::fs::read_to_string(examples().join("smollm2-arith-star.toml")).expect("example");
+    let config = RunConfig::parse(&text, Path::new("x.toml")).expect("parses");
+    let flywheel_loop::config::ModelConfig::Pretrained(model) = &config.model else { panic!("pretrained") };
+    let lora = model.lora.as_ref().expect("lora");
+    assert_eq!((lora.rank, lora.alpha, lora.target_modules.len()), (16, 32.0, 7));
+    let bad = text.replace(r#""q_proj", "k_proj""#, r#""q_proj", "qk_proj""#);
+    let err = RunConfig::parse(&bad, Path::new("x.toml")).expect_err("unknown module").to_string();
+    assert!(err.contains("qk_proj"), "{err}");
+    let bad = text.replace("rank = 16", "rank = 0");
+    assert!(RunConfig::parse(&bad, Path::new("x.toml")).is_err());
 }

@@ -274,3 +274,26 @@ fn a_new_run_refuses_an_existing_run_directory() {
     let err = RunDir::create(tmp.path(), &config()).expect_err("second");
     assert!(err.to_string().contains("flywheel resume"), "{err}");
 }
+
+#[test]
+fn a_finished_run_extended_equals_a_longer_run() {
+    // Three iterations, then extended to four, against four from the start: same files.
+    let short = tempfile::tempdir().expect("tmp");
+    run(short.path(), FakeEngine::default()).expect("three iterations");
+    assert!(!short.path().join("iter-0004").exists());
+    let mut dir = RunDir::open(short.path()).expect("open");
+    let err = dir.extend_iterations(2).expect_err("lowering is refused");
+    assert!(err.to_string().contains("only raise"), "{err}");
+    dir.extend_iterations(4).expect("raise");
+    Runner::new(FakeEngine::default(), dir, &NullReporter).expect("runner").run().expect("fourth iteration");
+    RunDir::open(short.path()).expect("the rewritten config matches its hash");
+
+    let long = tempfile::tempdir().expect("tmp");
+    let mut four = config();
+    four.iterations = 4;
+    let dir = RunDir::create(long.path(), &four).expect("create");
+    Runner::new(FakeEngine::default(), dir, &NullReporter).expect("runner").run().expect("four iterations");
+    for file in ["iter-0004/train.jsonl", "iter-0004/samples.jsonl", "iter-0004/eval.json", "config.toml"] {
+        assert_eq!(read(short.path().join(file)), read(long.path().join(file)), "{file} differs");
+    }
+}

@@ -4,6 +4,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use flywheel_core::{GenerationRequest, Message, NullReporter, Role, SamplingParams};
 use flywheel_verify::{Answer, Verifier};
 
 use crate::cli::{BenchArgs, BenchTarget};
@@ -12,6 +13,12 @@ use crate::cli::{BenchArgs, BenchTarget};
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.what {
         BenchTarget::Judge { data, seconds } => judge(data, *seconds),
+        BenchTarget::Sampling { model, samples, new_tokens, threads, repeat } => {
+            sampling(model, *samples, *new_tokens, *threads, *repeat)
+        }
+        BenchTarget::Train { model, batch, seq_len, rank, steps, threads } => {
+            train(model, *batch, *seq_len, *rank, *steps, *threads)
+        }
     }
 }
 
@@ -48,5 +55,116 @@ fn judge(data: &std::path::Path, seconds: f64) -> Result<()> {
     println!("judge: {judged} completions (mean {mean_len} bytes) in {elapsed:.2}s on 1 thread");
     println!("judge: {rate:.0} completions/s, {:.2} us each; {correct} judged correct", 1e6 / rate);
     println!("judge: target 200000/s: {}", if rate >= 200_000.0 { "met" } else { "NOT met" });
+    Ok(())
+}
+
+/// Decodes `samples` completions of `new_tokens` tokens each from one chat prompt (its prefill
+/// shared), `repeat` times after a warm-up, and prints the best run as one JSON line.
+fn sampling(model: &std::path::Path, samples: usize, new_tokens: usize, threads: usize, repeat: usize) -> Result<()> {
+    crate::engine::set_threads(threads);
+    let load = Instant::now();
+    let engine = flywheel_engine::Engine::open(model).with_context(|| format!("loading {}", model.display()))?;
+    tracing::info!("loaded {} in {:.1}s", model.display(), load.elapsed().as_secs_f64());
+    let messages =
+        [Message { role: Role::User, content: "Write a short story about a robot who learns to paint.".into() }];
+    let prompt = engine.format().render_prompt(&messages)?;
+    let prompt_tokens = engine.tokenizer().encode(&prompt)?.len();
+    let params = SamplingParams {
+        temperature: 0.8,
+        max_new_tokens: new_tokens,
+        seed: 7,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let request = [GenerationRequest { prompt, n: samples }];
+    let run = || -> Result<(f64, usize)> {
+        let start = Instant::now();
+        let out = engine.sample(&request, &params, &NullReporter)?;
+        let generated: usize = out[0].iter().map(|c| c.tokens).sum();
+        Ok((start.elapsed().as_secs_f64(), generated))
+    };
+    run()?;
+    let mut best: Option<(f64, usize)> = None;
+    for _ in 0..repeat.max(1) {
+        let (secs, generated) = run()?;
+        if best.is_none_or(|(s, _)| secs < s) {
+            best = Some((secs, generated));
+        }
+    }
+    let (seconds, generated) = best.expect("at least one run");
+    let line = serde_json::json!({
+        "engine": "flywheel",
+        "model": model.display().to_string(),
+        "samples": samples,
+        "new_tokens": new_tokens,
+        "prompt_tokens": prompt_tokens,
+        "threads": threads,
+        "generated_tokens": generated,
+        "seconds": seconds,
+        "tokens_per_s": generated as f64 / seconds,
+        "note": "seconds include the prompt's prefill (once, shared by all samples)",
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Times LoRA (or full) fine-tuning steps on fixed-length text and prints one JSON line.
+fn train(
+    model: &std::path::Path,
+    batch: usize,
+    seq_len: usize,
+    rank: usize,
+    steps: usize,
+    threads: usize,
+) -> Result<()> {
+    crate::engine::set_threads(threads);
+    let mut engine = flywheel_engine::Engine::open(model).with_context(|| format!("loading {}", model.display()))?;
+    if rank > 0 {
+        let targets = flywheel_engine::Proj::ALL.to_vec();
+        engine
+            .attach_lora(flywheel_engine::LoraConfig { rank, alpha: 2.0 * rank as f64, dropout: 0.05, targets }, 1)?;
+    }
+    // Every token a target (a language-modelling step, as the peer measures): a user turn of one
+    // token, then an assistant turn of `seq_len` tokens of text.
+    let words = "the model learns to solve arithmetic word problems by writing its own rationales ";
+    let mut text = String::new();
+    while engine.tokenizer().encode(&text)?.len() < seq_len {
+        text.push_str(words);
+    }
+    let ids = engine.tokenizer().encode(&text)?;
+    let examples: Vec<flywheel_engine::TokenizedExample> = (0..batch)
+        .map(|i| {
+            let ids: Vec<u32> = ids.iter().cycle().skip(i).take(seq_len + 1).copied().collect();
+            flywheel_engine::TokenizedExample { target: vec![true; ids.len()], ids }
+        })
+        .collect();
+    let mut options = engine.train.clone();
+    options.micro_batch_tokens = batch * seq_len;
+    let params = |steps| flywheel_core::TrainingParams {
+        steps,
+        batch_size: batch,
+        learning_rate: 1e-4,
+        warmup_steps: 0,
+        weight_decay: 0.0,
+        grad_clip: 1.0,
+        seed: 1,
+    };
+    flywheel_engine::train(engine.model(), &examples, &params(1), &options, &NullReporter)?;
+    let summary = flywheel_engine::train(engine.model(), &examples, &params(steps), &options, &NullReporter)?;
+    let tokens = (steps * batch * seq_len) as f64;
+    let line = serde_json::json!({
+        "engine": "flywheel",
+        "model": model.display().to_string(),
+        "lora_rank": rank,
+        "batch": batch,
+        "seq_len": seq_len,
+        "steps": steps,
+        "threads": threads,
+        "seconds": summary.seconds,
+        "tokens_per_s": tokens / summary.seconds,
+        "loss_first": summary.first_loss,
+        "loss_last": summary.last_loss,
+    });
+    println!("{line}");
     Ok(())
 }

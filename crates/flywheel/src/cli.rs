@@ -32,6 +32,20 @@ pub enum Command {
     Judge(JudgeArgs),
     /// Measure throughput of flywheel's parts.
     Bench(BenchArgs),
+    /// Write a model as a Hugging Face directory; a LoRA adapter is merged into its base first.
+    Export(ExportArgs),
+}
+
+/// Arguments of `flywheel export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A PEFT adapter directory (its base found through `base_model_name_or_path`), a GGUF file
+    /// or a Hugging Face directory.
+    pub model: PathBuf,
+    /// The directory to write (`model.safetensors`, `config.json`, `tokenizer.json`,
+    /// `tokenizer_config.json`).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Arguments of `flywheel run`.
@@ -49,6 +63,9 @@ pub struct RunArgs {
 pub struct ResumeArgs {
     /// The directory of the stopped run.
     pub run_dir: PathBuf,
+    /// Raise the run's iteration count (a finished run goes on from its last iteration).
+    #[arg(long)]
+    pub iterations: Option<usize>,
 }
 
 /// Arguments of `flywheel eval`.
@@ -121,5 +138,46 @@ pub enum BenchTarget {
         /// Seconds to measure for.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+    },
+    /// Sampling throughput of the embedded engine: k samples of one chat prompt, fixed length
+    /// (end-of-sequence ignored), prints one JSON line (tokens/s of generated tokens).
+    Sampling {
+        /// A GGUF file or a Hugging Face model directory.
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: PathBuf,
+        /// Samples of the one prompt, decoded together.
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+        /// New tokens per sample.
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
+        /// Worker threads (0: all cores).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Timed repetitions (the best is reported; one untimed warm-up runs first).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// LoRA fine-tuning throughput of the embedded engine: steps of `batch` sequences of `seq-len`
+    /// tokens (every token a target, as a language-modelling peer measures), prints one JSON line.
+    Train {
+        /// A GGUF file or a Hugging Face model directory.
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: PathBuf,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// LoRA rank (0: full fine-tuning).
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        /// Timed optimiser steps (one untimed warm-up step runs first).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Worker threads (0: all cores).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
 }

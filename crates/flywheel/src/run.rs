@@ -5,7 +5,7 @@ use flywheel_loop::config::ModelConfig;
 use flywheel_loop::rundir::{write_jsonl, RunDir};
 use flywheel_loop::{report, tasks, Engine, RunConfig, Runner};
 
-use crate::cli::{EvalArgs, ReportArgs, ResumeArgs, RunArgs};
+use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs};
 use crate::engine::EmbeddedEngine;
 use crate::progress::Bars;
 
@@ -20,7 +20,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
 /// Resumes a stopped run.
 pub fn resume(args: &ResumeArgs) -> Result<()> {
-    let dir = RunDir::open(&args.run_dir)?;
+    let mut dir = RunDir::open(&args.run_dir)?;
+    if let Some(iterations) = args.iterations {
+        dir.extend_iterations(iterations)?;
+    }
     drive(dir)
 }
 
@@ -37,8 +40,11 @@ fn drive(dir: RunDir) -> Result<()> {
 
 fn engine_for(config: &RunConfig) -> Result<EmbeddedEngine> {
     crate::engine::set_threads(config.threads);
-    let ModelConfig::Embedded(model) = &config.model;
-    Ok(EmbeddedEngine::new(model.max_batch))
+    let micro_batch_tokens = match &config.model {
+        ModelConfig::Pretrained(p) => Some(p.micro_batch_tokens),
+        ModelConfig::Embedded(_) => None,
+    };
+    Ok(EmbeddedEngine::new(config.model.max_batch(), micro_batch_tokens))
 }
 
 /// Evaluates a saved model on a config's held-out split.
@@ -46,7 +52,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let config = RunConfig::load(&args.config)?;
     let mut engine = engine_for(&config)?;
     let mut model = engine.load(&args.model)?;
-    let task = tasks::build(&config.task, config.seed);
+    let task = tasks::build(&config.task, config.seed)?;
     let bars = Bars::new();
     let (report, records) =
         flywheel_loop::eval::evaluate(task.as_ref(), &mut model, config.eval.max_new_tokens, &bars)?;
@@ -62,5 +68,15 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     let rows = report::read_rows(&args.run_dir)?;
     anyhow::ensure!(!rows.is_empty(), "{}: no iteration has been evaluated yet", args.run_dir.display());
     print!("{}", report::render(&rows));
+    Ok(())
+}
+
+/// Merges an adapter into its base (or converts a GGUF file) and writes a Hugging Face directory.
+pub fn export(args: &ExportArgs) -> Result<()> {
+    let mut model =
+        flywheel_engine::Engine::open(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+    model.merge_lora()?;
+    model.save(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    tracing::info!("wrote {}", args.out.display());
     Ok(())
 }

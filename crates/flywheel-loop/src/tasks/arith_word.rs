@@ -1,0 +1,453 @@
+//! One- and two-step arithmetic word problems, for a small pretrained chat model to improve on.
+//!
+//! A model such as SmolLM2-135M-Instruct solves some grade-school word problems and misses many:
+//! the room STaR needs to learn from its own correct rationales. Problems come from [`TEMPLATES`],
+//! short stories (shopping, saving, baking, reading, travel, sharing, ...) whose names and objects
+//! vary, over one operation (bucket `1-step`: addition, subtraction, multiplication, exact division)
+//! or two (bucket `2-step`: "buys 4 packs of 6 stickers, then gives 5 away"). Results are never
+//! negative and never below 2 (no "1 apples"); factors, divisors and quotients stay within 2 to 12,
+//! and other operands within 2 to `max-operand`, so every answer stays under 1000.
+//!
+//! A problem is posed as its question, then the instruction on the next line; its rationalization
+//! prompt adds a line with the answer as a hint. A pretrained chat model needs no worked examples to
+//! learn a format from, so the task has no seed set: iteration 0 evaluates the model as it comes.
+//!
+//! The held-out split is drawn first, from its own seed, so it does not change with the number of
+//! training problems. A training problem never repeats a held-out one: neither its question nor its
+//! story and numbers (the same story told with another name would be the same problem reworded).
+
+use std::collections::HashSet;
+
+use flywheel_core::{Problem, TrainExample};
+use flywheel_verify::{Format, Verifier};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::{alphabet_of, hinted, pose, DEFAULT_INSTRUCTION};
+use crate::config::ArithWordConfig;
+use crate::{seeds, LoopError, Task};
+
+/// Largest factor, divisor and quotient of any problem.
+const FACTOR_MAX: u64 = 12;
+
+/// Failed draws in a row after which a split is declared impossible (too few distinct problems).
+const MAX_FAILED_DRAWS: usize = 20_000;
+
+/// The arithmetic of a template over its numbers `a`, `b` and `c`, in the order the story tells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Shape {
+    /// a + b
+    Add,
+    /// a - b
+    Sub,
+    /// a * b
+    Mul,
+    /// a / b, exact
+    Div,
+    /// a + b + c
+    AddAdd,
+    /// a + b - c
+    AddSub,
+    /// a - b - c
+    SubSub,
+    /// a * b + c
+    MulAdd,
+    /// a * b - c
+    MulSub,
+    /// a - b * c
+    SubMul,
+    /// (a + b) * c
+    AddMul,
+    /// a / b + c, the division exact
+    DivAdd,
+    /// (a - b) / c, the division exact
+    SubDiv,
+}
+
+impl Shape {
+    /// Operations from the numbers to the answer: the bucket.
+    fn steps(self) -> usize {
+        match self {
+            Shape::Add | Shape::Sub | Shape::Mul | Shape::Div => 1,
+            _ => 2,
+        }
+    }
+
+    /// Numbers `a, b, c` drawn so that the answer is a whole number of at least 2; `max` bounds the
+    /// operands that are neither factors nor divisors. Unused numbers are 0.
+    fn draw(self, rng: &mut StdRng, max: u64) -> [u64; 3] {
+        const F: u64 = FACTOR_MAX;
+        let mut r = |lo: u64, hi: u64| rng.random_range(lo..=hi);
+        match self {
+            Shape::Add => [r(2, max), r(2, max), 0],
+            Shape::Sub => {
+                let a = r(4, max);
+                [a, r(2, a - 2), 0]
+            }
+            Shape::Mul => [r(2, F), r(2, F), 0],
+            Shape::Div => {
+                let (quotient, divisor) = (r(2, F), r(2, F));
+                [quotient * divisor, divisor, 0]
+            }
+            Shape::AddAdd => [r(2, max), r(2, max), r(2, max)],
+            Shape::AddSub => {
+                let (a, b) = (r(2, max), r(2, max));
+                [a, b, r(2, max.min(a + b - 2))]
+            }
+            Shape::SubSub => {
+                let a = r(6, max);
+                let b = r(2, a - 4);
+                [a, b, r(2, a - b - 2)]
+            }
+            Shape::MulAdd => [r(2, F), r(2, F), r(2, max)],
+            Shape::MulSub => {
+                let (a, b) = (r(2, F), r(2, F));
+                [a, b, r(2, a * b - 2)]
+            }
+            Shape::SubMul => {
+                let (b, c) = (r(2, F), r(2, F));
+                [b * c + r(2, max), b, c]
+            }
+            Shape::AddMul => [r(2, F), r(2, F), r(2, F)],
+            Shape::DivAdd => {
+                let (quotient, divisor) = (r(2, F), r(2, F));
+                [quotient * divisor, divisor, r(2, max)]
+            }
+            Shape::SubDiv => {
+                let (quotient, c) = (r(2, F), r(2, F));
+                let b = r(2, max.min(quotient * c));
+                [quotient * c + b, b, c]
+            }
+        }
+    }
+
+    /// The answer over numbers drawn by [`Shape::draw`].
+    fn answer(self, [a, b, c]: [u64; 3]) -> u64 {
+        match self {
+            Shape::Add => a + b,
+            Shape::Sub => a - b,
+            Shape::Mul => a * b,
+            Shape::Div => a / b,
+            Shape::AddAdd => a + b + c,
+            Shape::AddSub => a + b - c,
+            Shape::SubSub => a - b - c,
+            Shape::MulAdd => a * b + c,
+            Shape::MulSub => a * b - c,
+            Shape::SubMul => a - b * c,
+            Shape::AddMul => (a + b) * c,
+            Shape::DivAdd => a / b + c,
+            Shape::SubDiv => (a - b) / c,
+        }
+    }
+}
+
+/// A story over numbers: `{a}`, `{b}`, `{c}` in that order, `{name}` and `{item}` filled at random.
+struct Template {
+    shape: Shape,
+    text: &'static str,
+    items: &'static [&'static str],
+}
+
+const NONE: &[&str] = &[""];
+const FRUIT: &[&str] = &["apples", "oranges", "lemons", "pears", "peaches"];
+const SMALL_THINGS: &[&str] = &["stickers", "marbles", "candies", "crayons", "cards"];
+const BAKED: &[&str] = &["cookies", "muffins", "rolls", "cupcakes"];
+const PURCHASES: &[&str] = &["book", "toy", "shirt", "lamp", "board game"];
+
+/// The stories; each keeps its numbers in the order `a`, `b`, `c` and holds no other digit.
+const TEMPLATES: &[Template] = &[
+    Template {
+        shape: Shape::Add,
+        text: "{name} buys {a} {item} at the market in the morning and {b} more in the afternoon. \
+               How many {item} does {name} buy in all?",
+        items: FRUIT,
+    },
+    Template {
+        shape: Shape::Add,
+        text: "{name} saves {a} dollars in March and {b} dollars in April. \
+               How many dollars does {name} save in the two months?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Add,
+        text: "{name}'s team scores {a} points in the first game and {b} points in the second game. \
+               How many points does the team score in both games?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Add,
+        text: "{name} rides a {item} for {a} kilometers on Saturday and {b} kilometers on Sunday. \
+               How many kilometers does {name} ride over the weekend?",
+        items: &["bike", "horse", "scooter"],
+    },
+    Template {
+        shape: Shape::Sub,
+        text: "{name}'s book has {a} pages. {name} has already read {b} pages. How many pages are left to read?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Sub,
+        text: "There are {a} {item} in {name}'s garden. {name} picks {b} of them. \
+               How many {item} are still in the garden?",
+        items: &["roses", "tulips", "daisies", "sunflowers"],
+    },
+    Template {
+        shape: Shape::Sub,
+        text: "{name} has {a} dollars and spends {b} dollars on a {item}. How many dollars does {name} have left?",
+        items: PURCHASES,
+    },
+    Template {
+        shape: Shape::Sub,
+        text: "{name} drives a bus that carries {a} passengers. At the first stop, {b} passengers get off \
+               and nobody gets on. How many passengers are on the bus now?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Mul,
+        text: "{name} bakes {a} trays of {item}. Each tray holds {b} {item}. How many {item} does {name} bake?",
+        items: BAKED,
+    },
+    Template {
+        shape: Shape::Mul,
+        text: "{name} sets up {a} rows of chairs for a concert, with {b} chairs in each row. \
+               How many chairs does {name} set up?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Mul,
+        text: "{name} reads {a} pages every day for {b} days. How many pages does {name} read in those days?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Div,
+        text: "{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
+        items: SMALL_THINGS,
+    },
+    Template {
+        shape: Shape::Div,
+        text: "{name} packs {a} {item} into boxes, with {b} {item} in each box. How many boxes does {name} fill?",
+        items: &["eggs", "oranges", "cookies", "books"],
+    },
+    Template {
+        shape: Shape::Div,
+        text: "Coach {name} splits {a} players into {b} teams of the same size. How many players are on each team?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::MulSub,
+        text: "{name} buys {a} packs of {item}, and each pack has {b} {item}. Then {name} gives {c} {item} \
+               to a friend. How many {item} does {name} have left?",
+        items: &["stickers", "pencils", "balloons", "cards"],
+    },
+    Template {
+        shape: Shape::MulAdd,
+        text: "{name} bakes {a} trays of {item} with {b} {item} on each tray. A neighbor brings {c} more {item}. \
+               How many {item} does {name} have now?",
+        items: BAKED,
+    },
+    Template {
+        shape: Shape::AddSub,
+        text: "{name} has {a} dollars and earns {b} dollars doing chores. Then {name} spends {c} dollars on a \
+               {item}. How many dollars does {name} have now?",
+        items: PURCHASES,
+    },
+    Template {
+        shape: Shape::AddSub,
+        text: "{name} drives a bus with {a} passengers. At the first stop, {b} people get on and then {c} people \
+               get off. How many passengers are on the bus now?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::SubSub,
+        text: "{name}'s book has {a} pages. {name} reads {b} pages on Monday and {c} pages on Tuesday. \
+               How many pages are left to read?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::AddAdd,
+        text: "{name} drives {a} kilometers on Friday, {b} kilometers on Saturday and {c} kilometers on Sunday. \
+               How many kilometers does {name} drive in the three days?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::AddMul,
+        text: "Each basket at {name}'s stall holds {a} apples and {b} pears. {name} has {c} baskets. \
+               How many pieces of fruit are in the baskets?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::DivAdd,
+        text: "{name} shares {a} {item} equally among {b} friends. Each friend already had {c} {item}. \
+               How many {item} does each friend have now?",
+        items: SMALL_THINGS,
+    },
+    Template {
+        shape: Shape::SubDiv,
+        text: "{name} bakes {a} {item} and eats {b} of them. {name} puts the rest into {c} boxes, the same \
+               number in each box. How many {item} are in each box?",
+        items: BAKED,
+    },
+    Template {
+        shape: Shape::SubMul,
+        text: "{name} has {a} dollars and buys {b} {item} that cost {c} dollars each. \
+               How many dollars does {name} have left?",
+        items: &["notebooks", "pens", "tickets", "mugs"],
+    },
+];
+
+const NAMES: &[&str] = &[
+    "Mia", "Noah", "Ava", "Liam", "Emma", "Lucas", "Sofia", "Omar", "Priya", "Kenji", "Amara", "Diego", "Lena", "Tom",
+    "Zara", "Ben", "Aisha", "Ivan", "Chloe", "Mateo", "Nora", "Yuki", "Sam", "Ella",
+];
+
+/// What makes two problems the same, whatever their wording: the story and its numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    template: usize,
+    numbers: [u64; 3],
+}
+
+/// A drawn problem and what it was drawn from.
+#[derive(Debug, Clone)]
+struct Drawn {
+    key: Key,
+    problem: Problem,
+}
+
+/// The arithmetic word problem task: its two splits, drawn from a seed.
+#[derive(Debug, Clone)]
+pub struct ArithWord {
+    train: Vec<Problem>,
+    eval: Vec<Problem>,
+    instruction: String,
+    last_number_fallback: bool,
+}
+
+impl ArithWord {
+    /// Draws the held-out split, then the training split, for `config`. Fails when either split asks
+    /// for more distinct problems than the templates give (only with a small `max-operand`).
+    pub fn new(config: &ArithWordConfig, seed: u64) -> Result<Self, LoopError> {
+        let (eval, train) = generate(config, seed)?;
+        Ok(Self {
+            train: train.into_iter().map(|d| d.problem).collect(),
+            eval: eval.into_iter().map(|d| d.problem).collect(),
+            instruction: config.instruction.clone().unwrap_or_else(|| DEFAULT_INSTRUCTION.to_owned()),
+            last_number_fallback: config.last_number_fallback,
+        })
+    }
+}
+
+impl Task for ArithWord {
+    fn train_problems(&self) -> &[Problem] {
+        &self.train
+    }
+
+    fn eval_problems(&self) -> &[Problem] {
+        &self.eval
+    }
+
+    /// None: a pretrained chat model already follows the instruction, and STaR's own kept
+    /// rationales are its training data.
+    fn seed_examples(&self) -> Vec<TrainExample> {
+        Vec::new()
+    }
+
+    fn prompt(&self, problem: &Problem) -> String {
+        pose(&problem.question, &self.instruction)
+    }
+
+    fn hinted_prompt(&self, problem: &Problem) -> String {
+        hinted(&self.prompt(problem), &problem.answer)
+    }
+
+    fn verifier(&self) -> Verifier {
+        Verifier::new(Format::Auto).with_last_number_fallback(self.last_number_fallback)
+    }
+
+    fn alphabet(&self) -> String {
+        alphabet_of(self)
+    }
+}
+
+/// The held-out split (from its own seed) and the training split that excludes it.
+fn generate(config: &ArithWordConfig, seed: u64) -> Result<(Vec<Drawn>, Vec<Drawn>), LoopError> {
+    let mut rng = StdRng::seed_from_u64(seeds::derive(seed, "arith-word-eval", 0));
+    let eval = draw_split(&mut rng, config, "eval", config.eval_problems, &HashSet::new(), &HashSet::new())?;
+    let keys: HashSet<Key> = eval.iter().map(|d| d.key).collect();
+    let questions: HashSet<&str> = eval.iter().map(|d| d.problem.question.as_str()).collect();
+    let mut rng = StdRng::seed_from_u64(seeds::derive(seed, "arith-word-train", 0));
+    let train = draw_split(&mut rng, config, "train", config.train_problems, &keys, &questions)?;
+    Ok((eval, train))
+}
+
+/// `count` distinct problems, `two-step-fraction` of them (rounded) two-step, none excluded, shuffled.
+fn draw_split(
+    rng: &mut StdRng,
+    config: &ArithWordConfig,
+    split: &str,
+    count: usize,
+    excluded_keys: &HashSet<Key>,
+    excluded_questions: &HashSet<&str>,
+) -> Result<Vec<Drawn>, LoopError> {
+    let two_step = ((count as f64 * config.two_step_fraction).round() as usize).min(count);
+    let mut keys = HashSet::new();
+    let mut questions = HashSet::new();
+    let mut drawn: Vec<(Key, String, u64)> = Vec::with_capacity(count);
+    for (steps, wanted) in [(1, count - two_step), (2, two_step)] {
+        let templates: Vec<usize> = (0..TEMPLATES.len()).filter(|&t| TEMPLATES[t].shape.steps() == steps).collect();
+        let (mut got, mut failed) = (0, 0);
+        while got < wanted {
+            let template = templates[rng.random_range(0..templates.len())];
+            let Template { shape, text, items } = &TEMPLATES[template];
+            let numbers = shape.draw(rng, config.max_operand);
+            let key = Key { template, numbers };
+            let question = render(text, NAMES[rng.random_range(0..NAMES.len())], items, rng, numbers);
+            let fresh = !excluded_keys.contains(&key) && !excluded_questions.contains(question.as_str());
+            if fresh && !keys.contains(&key) && !questions.contains(&question) {
+                keys.insert(key);
+                questions.insert(question.clone());
+                drawn.push((key, question, shape.answer(numbers)));
+                (got, failed) = (got + 1, 0);
+            } else if failed == MAX_FAILED_DRAWS {
+                return Err(LoopError::Task {
+                    task: "arith-word",
+                    message: format!(
+                        "found only {got} distinct {steps}-step {split} problems of the {wanted} asked for \
+                         (max-operand = {}); ask for fewer or raise max-operand",
+                        config.max_operand
+                    ),
+                });
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    drawn.shuffle(rng);
+    Ok(drawn
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, question, answer))| Drawn {
+            key,
+            problem: Problem {
+                id: format!("aw-{split}-{i:05}"),
+                question,
+                answer: answer.to_string(),
+                bucket: format!("{}-step", TEMPLATES[key.template].shape.steps()),
+            },
+        })
+        .collect())
+}
+
+/// The story `text` told with `name`, an item drawn from `items`, and `numbers`.
+fn render(text: &str, name: &str, items: &[&str], rng: &mut StdRng, [a, b, c]: [u64; 3]) -> String {
+    let item = items[rng.random_range(0..items.len())];
+    text.replace("{name}", name)
+        .replace("{item}", item)
+        .replace("{a}", &a.to_string())
+        .replace("{b}", &b.to_string())
+        .replace("{c}", &c.to_string())
+}
+
+#[cfg(test)]
+mod tests;
