@@ -113,12 +113,18 @@ impl Engine {
     /// Uses `template` (Jinja source) as the prompt format; `None` keeps the current one.
     fn with_chat_template(mut self, template: Option<&str>) -> Result<Self> {
         let Some(source) = template else { return Ok(self) };
-        let c = self.model.config();
-        let text = |id: Option<u32>| id.and_then(|id| self.tokenizer.token_text(id)).unwrap_or_default();
-        let (bos, eos) = (text(c.bos_token_id), text(c.eos_ids().first().copied()));
+        let (bos, eos) = self.special_texts();
         let template = ChatTemplate::new(source, &bos, &eos)?;
         self.chat_template = Some(source.to_owned());
         Ok(self.with_format(Box::new(template)))
+    }
+
+    /// The texts of the beginning- and end-of-sequence tokens (empty where the model has none), as
+    /// chat templates and `tokenizer_config.json` name them.
+    fn special_texts(&self) -> (String, String) {
+        let c = self.model.config();
+        let text = |id: Option<u32>| id.and_then(|id| self.tokenizer.token_text(id)).unwrap_or_default();
+        (text(c.bos_token_id), text(c.eos_ids().first().copied()))
     }
 
     /// Attaches fresh LoRA adapters drawn from `seed` (the model's output is unchanged until they
@@ -145,9 +151,8 @@ impl Engine {
         }
         save_checkpoint(dir, &self.model, &self.tokenizer)?;
         if let Some(template) = &self.chat_template {
-            let c = self.model.config();
-            let text = |id: Option<u32>| id.and_then(|id| self.tokenizer.token_text(id)).unwrap_or_default();
-            write_tokenizer_config(dir, template, &text(c.bos_token_id), &text(c.eos_ids().first().copied()))?;
+            let (bos, eos) = self.special_texts();
+            write_tokenizer_config(dir, template, &bos, &eos)?;
         }
         Ok(())
     }

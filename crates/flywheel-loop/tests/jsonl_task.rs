@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use flywheel_loop::config::JsonlConfig;
 use flywheel_loop::task::check_disjoint;
-use flywheel_loop::tasks::jsonl::Jsonl;
+use flywheel_loop::tasks::ChatProblems;
 use flywheel_loop::tasks::DEFAULT_INSTRUCTION;
 use flywheel_loop::{LoopError, Task};
 
@@ -49,7 +49,7 @@ fn gsm8k_files_load_as_they_are() {
         return;
     }
     // Relative paths, resolved against the working directory.
-    let task = Jsonl::load(&config(&train, &test), 1).expect("GSM8K loads");
+    let task = ChatProblems::jsonl(&config(&train, &test), 1).expect("GSM8K loads");
     assert_eq!((task.train_problems().len(), task.eval_problems().len()), (7473, 1319));
     assert_eq!(task.overlap_dropped(), 0);
     assert!(check_disjoint(&task).is_empty());
@@ -79,7 +79,7 @@ fn load_error(lines: &[&str], config_edit: impl FnOnce(&mut JsonlConfig)) -> (Pa
     let eval = file(&dir, "eval.jsonl", &problems("held-out", 3));
     let mut config = config(&train, &eval);
     config_edit(&mut config);
-    let err = Jsonl::load(&config, 1).expect_err("bad line");
+    let err = ChatProblems::jsonl(&config, 1).expect_err("bad line");
     assert!(matches!(err, LoopError::Dataset { .. }), "{err:?}");
     (train, err.to_string())
 }
@@ -112,7 +112,7 @@ fn a_missing_file_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let eval = file(&dir, "eval.jsonl", &problems("held-out", 3));
     let missing = dir.path().join("nope.jsonl");
-    let err = Jsonl::load(&config(&missing, &eval), 1).expect_err("missing");
+    let err = ChatProblems::jsonl(&config(&missing, &eval), 1).expect_err("missing");
     assert!(err.to_string().starts_with(&missing.display().to_string()), "{err}");
 }
 
@@ -133,7 +133,7 @@ fn other_field_names_numeric_answers_and_buckets() {
         instruction: Some(String::new()),
         ..config(&train, &eval)
     };
-    let task = Jsonl::load(&config, 1).expect("loads");
+    let task = ChatProblems::jsonl(&config, 1).expect("loads");
     let (t, e) = (&task.train_problems()[0], &task.eval_problems()[0]);
     assert_eq!((t.answer.as_str(), t.bucket.as_str(), t.question.as_str()), ("42", "2", "Six times seven?"));
     assert_eq!((e.answer.as_str(), e.bucket.as_str()), ("4", "one"));
@@ -146,9 +146,9 @@ fn limits_keep_a_seeded_subset_in_file_order() {
     let train = file(&dir, "train.jsonl", &problems("train", 50));
     let eval = file(&dir, "eval.jsonl", &problems("eval", 40));
     let limited = JsonlConfig { train_limit: Some(20), eval_limit: Some(10), ..config(&train, &eval) };
-    let a = Jsonl::load(&limited, 7).expect("a");
-    let b = Jsonl::load(&limited, 7).expect("b");
-    let c = Jsonl::load(&limited, 8).expect("c");
+    let a = ChatProblems::jsonl(&limited, 7).expect("a");
+    let b = ChatProblems::jsonl(&limited, 7).expect("b");
+    let c = ChatProblems::jsonl(&limited, 8).expect("c");
     assert_eq!((a.train_problems().len(), a.eval_problems().len()), (20, 10));
     assert_eq!(a.train_problems(), b.train_problems());
     assert_eq!(a.eval_problems(), b.eval_problems());
@@ -159,7 +159,7 @@ fn limits_keep_a_seeded_subset_in_file_order() {
     // Not simply the first lines.
     assert_ne!(ids, (1..=20).map(|i| format!("train-{i:05}")).collect::<Vec<_>>());
     let all = JsonlConfig { train_limit: Some(500), ..config(&train, &eval) };
-    assert_eq!(Jsonl::load(&all, 7).expect("all").train_problems().len(), 50);
+    assert_eq!(ChatProblems::jsonl(&all, 7).expect("all").train_problems().len(), 50);
 }
 
 #[test]
@@ -171,7 +171,7 @@ fn training_problems_also_held_out_are_dropped_and_counted() {
     train_lines.push(r#"{"question": "held-out question 2?", "answer": "2"}"#.into());
     let train = file(&dir, "train.jsonl", &train_lines);
     let eval = file(&dir, "eval.jsonl", &problems("held-out", 3));
-    let task = Jsonl::load(&config(&train, &eval), 1).expect("loads");
+    let task = ChatProblems::jsonl(&config(&train, &eval), 1).expect("loads");
     assert_eq!(task.overlap_dropped(), 2);
     assert_eq!(task.train_problems().len(), 5);
     assert!(check_disjoint(&task).is_empty());
@@ -179,6 +179,6 @@ fn training_problems_also_held_out_are_dropped_and_counted() {
 
     // Nothing left to train on is an error, not an empty run.
     let only_overlap = file(&dir, "overlap.jsonl", &problems("held-out", 2));
-    let err = Jsonl::load(&config(&only_overlap, &eval), 1).expect_err("empty training split");
+    let err = ChatProblems::jsonl(&config(&only_overlap, &eval), 1).expect_err("empty training split");
     assert!(err.to_string().contains("no training problem is left"), "{err}");
 }

@@ -53,14 +53,27 @@ fn keep_freed_memory() -> Option<ExitCode> {
     })
 }
 
+/// Whether `command` fine-tunes a model, the only work that needs [`keep_freed_memory`]; the other
+/// commands (a `judge` in a pipeline, say) start without running themselves again.
+fn trains(command: &cli::Command) -> bool {
+    matches!(
+        command,
+        cli::Command::Run(_)
+            | cli::Command::Resume(_)
+            | cli::Command::Bench(cli::BenchArgs { what: cli::BenchTarget::Train { .. } })
+    )
+}
+
 /// Set in the re-run child to the parent's process id.
 const PARENT_VAR: &str = "FLYWHEEL_REEXEC_PARENT";
 
 fn main() -> ExitCode {
-    if let Some(code) = keep_freed_memory() {
-        return code;
-    }
     let cli = cli::Cli::parse();
+    if trains(&cli.command) {
+        if let Some(code) = keep_freed_memory() {
+            return code;
+        }
+    }
     init_tracing(cli.verbose);
     let result = match cli.command {
         cli::Command::Run(args) => run::run(&args),

@@ -18,15 +18,14 @@
 
 use std::collections::HashSet;
 
-use flywheel_core::{Problem, TrainExample};
-use flywheel_verify::{Format, Verifier};
+use flywheel_core::Problem;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::{alphabet_of, hinted, pose, DEFAULT_INSTRUCTION};
+use super::ChatProblems;
 use crate::config::ArithWordConfig;
-use crate::{seeds, LoopError, Task};
+use crate::{seeds, LoopError};
 
 /// Largest factor, divisor and quotient of any problem.
 const FACTOR_MAX: u64 = 12;
@@ -315,58 +314,14 @@ struct Drawn {
     problem: Problem,
 }
 
-/// The arithmetic word problem task: its two splits, drawn from a seed.
-#[derive(Debug, Clone)]
-pub struct ArithWord {
-    train: Vec<Problem>,
-    eval: Vec<Problem>,
-    instruction: String,
-    last_number_fallback: bool,
-}
-
-impl ArithWord {
-    /// Draws the held-out split, then the training split, for `config`. Fails when either split asks
-    /// for more distinct problems than the templates give (only with a small `max-operand`).
-    pub fn new(config: &ArithWordConfig, seed: u64) -> Result<Self, LoopError> {
+impl ChatProblems {
+    /// The arithmetic word problem task: draws the held-out split, then the training split, for
+    /// `config`. Fails when either split asks for more distinct problems than the templates give
+    /// (only with a small `max-operand`).
+    pub fn arith_word(config: &ArithWordConfig, seed: u64) -> Result<Self, LoopError> {
         let (eval, train) = generate(config, seed)?;
-        Ok(Self {
-            train: train.into_iter().map(|d| d.problem).collect(),
-            eval: eval.into_iter().map(|d| d.problem).collect(),
-            instruction: config.instruction.clone().unwrap_or_else(|| DEFAULT_INSTRUCTION.to_owned()),
-            last_number_fallback: config.last_number_fallback,
-        })
-    }
-}
-
-impl Task for ArithWord {
-    fn train_problems(&self) -> &[Problem] {
-        &self.train
-    }
-
-    fn eval_problems(&self) -> &[Problem] {
-        &self.eval
-    }
-
-    /// None: a pretrained chat model already follows the instruction, and STaR's own kept
-    /// rationales are its training data.
-    fn seed_examples(&self) -> Vec<TrainExample> {
-        Vec::new()
-    }
-
-    fn prompt(&self, problem: &Problem) -> String {
-        pose(&problem.question, &self.instruction)
-    }
-
-    fn hinted_prompt(&self, problem: &Problem) -> String {
-        hinted(&self.prompt(problem), &problem.answer)
-    }
-
-    fn verifier(&self) -> Verifier {
-        Verifier::new(Format::Auto).with_last_number_fallback(self.last_number_fallback)
-    }
-
-    fn alphabet(&self) -> String {
-        alphabet_of(self)
+        let problems = |drawn: Vec<Drawn>| drawn.into_iter().map(|d| d.problem).collect();
+        Ok(Self::new(problems(train), problems(eval), config.instruction.as_ref(), config.last_number_fallback, 0))
     }
 }
 

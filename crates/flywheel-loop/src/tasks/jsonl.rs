@@ -11,37 +11,28 @@
 //!
 //! A training problem whose question (whitespace collapsed) also appears anywhere in the held-out
 //! file is dropped, so that evaluation never scores a problem the model was trained on;
-//! [`Jsonl::overlap_dropped`] says how many were. Limits then keep a seeded random subset of each
+//! [`ChatProblems::overlap_dropped`] says how many were. Limits then keep a seeded random subset of each
 //! split, in file order. Problem ids are the split and the line: `train-00042` is line 42 of the
 //! training file. Like any pretrained-model task, there is no seed set.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use flywheel_core::{Problem, TrainExample};
-use flywheel_verify::{Format, Verifier};
+use flywheel_core::Problem;
+use flywheel_verify::Verifier;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{Map, Value};
 
-use super::{alphabet_of, hinted, pose, DEFAULT_INSTRUCTION};
+use super::ChatProblems;
 use crate::config::JsonlConfig;
-use crate::{seeds, LoopError, Task};
+use crate::{seeds, LoopError};
 
-/// A task whose problems come from two JSONL files.
-#[derive(Debug, Clone)]
-pub struct Jsonl {
-    train: Vec<Problem>,
-    eval: Vec<Problem>,
-    overlap_dropped: usize,
-    instruction: String,
-    last_number_fallback: bool,
-}
-
-impl Jsonl {
-    /// Reads both files of `config`; `seed` draws the subsets that `train-limit` and `eval-limit` keep.
-    pub fn load(config: &JsonlConfig, seed: u64) -> Result<Self, LoopError> {
+impl ChatProblems {
+    /// A task whose problems come from two JSONL files: reads both files of `config`; `seed` draws
+    /// the subsets that `train-limit` and `eval-limit` keep.
+    pub fn jsonl(config: &JsonlConfig, seed: u64) -> Result<Self, LoopError> {
         let eval = read_problems(&config.eval, "eval", config)?;
         let train = read_problems(&config.train, "train", config)?;
         let held_out: HashSet<String> = eval.iter().map(|p| normalise(&p.question)).collect();
@@ -58,49 +49,13 @@ impl Jsonl {
                 ),
             });
         }
-        Ok(Self {
-            train: limit(train, config.train_limit, seeds::derive(seed, "jsonl-train", 0)),
-            eval: limit(eval, config.eval_limit, seeds::derive(seed, "jsonl-eval", 0)),
+        Ok(Self::new(
+            limit(train, config.train_limit, seeds::derive(seed, "jsonl-train", 0)),
+            limit(eval, config.eval_limit, seeds::derive(seed, "jsonl-eval", 0)),
+            config.instruction.as_ref(),
+            config.last_number_fallback,
             overlap_dropped,
-            instruction: config.instruction.clone().unwrap_or_else(|| DEFAULT_INSTRUCTION.to_owned()),
-            last_number_fallback: config.last_number_fallback,
-        })
-    }
-
-    /// Training problems dropped because their question is also in the held-out file.
-    pub fn overlap_dropped(&self) -> usize {
-        self.overlap_dropped
-    }
-}
-
-impl Task for Jsonl {
-    fn train_problems(&self) -> &[Problem] {
-        &self.train
-    }
-
-    fn eval_problems(&self) -> &[Problem] {
-        &self.eval
-    }
-
-    /// None: the task is meant for pretrained chat models, which follow the instruction as they come.
-    fn seed_examples(&self) -> Vec<TrainExample> {
-        Vec::new()
-    }
-
-    fn prompt(&self, problem: &Problem) -> String {
-        pose(&problem.question, &self.instruction)
-    }
-
-    fn hinted_prompt(&self, problem: &Problem) -> String {
-        hinted(&self.prompt(problem), &problem.answer)
-    }
-
-    fn verifier(&self) -> Verifier {
-        Verifier::new(Format::Auto).with_last_number_fallback(self.last_number_fallback)
-    }
-
-    fn alphabet(&self) -> String {
-        alphabet_of(self)
+        ))
     }
 }
 

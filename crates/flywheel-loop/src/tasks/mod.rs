@@ -10,7 +10,8 @@ pub mod jsonl;
 
 use std::collections::BTreeSet;
 
-use flywheel_core::Problem;
+use flywheel_core::{Problem, TrainExample};
+use flywheel_verify::{Format, Verifier};
 
 use crate::config::TaskConfig;
 use crate::{LoopError, Task};
@@ -27,9 +28,77 @@ pub const DEFAULT_INSTRUCTION: &str = "Give a brief calculation and end with: Th
 pub fn build(config: &TaskConfig, seed: u64) -> Result<Box<dyn Task>, LoopError> {
     Ok(match config {
         TaskConfig::Addition(c) => Box::new(addition::Addition::new(c, seed)),
-        TaskConfig::ArithWord(c) => Box::new(arith_word::ArithWord::new(c, seed)?),
-        TaskConfig::Jsonl(c) => Box::new(jsonl::Jsonl::load(c, seed)?),
+        TaskConfig::ArithWord(c) => Box::new(ChatProblems::arith_word(c, seed)?),
+        TaskConfig::Jsonl(c) => Box::new(ChatProblems::jsonl(c, seed)?),
     })
+}
+
+/// Problems for a pretrained chat model, the [`Task`] of both [`arith_word`]
+/// ([`ChatProblems::arith_word`]) and [`jsonl`] ([`ChatProblems::jsonl`]): each question is posed
+/// with an instruction line ([`DEFAULT_INSTRUCTION`] unless the config names one), the
+/// rationalization prompt adds the answer as a hint line ([`hinted`]), and completions are judged by
+/// their explicit answer marker ([`Format::Auto`]), or their last number when configured.
+#[derive(Debug, Clone)]
+pub struct ChatProblems {
+    train: Vec<Problem>,
+    eval: Vec<Problem>,
+    instruction: String,
+    last_number_fallback: bool,
+    overlap_dropped: usize,
+}
+
+impl ChatProblems {
+    /// The two splits with the prompt and judging settings of a config (`instruction` `None`: the
+    /// default instruction). `overlap_dropped` counts training problems left out because they were
+    /// also held out.
+    fn new(
+        train: Vec<Problem>,
+        eval: Vec<Problem>,
+        instruction: Option<&String>,
+        last_number_fallback: bool,
+        overlap_dropped: usize,
+    ) -> Self {
+        let instruction = instruction.cloned().unwrap_or_else(|| DEFAULT_INSTRUCTION.to_owned());
+        Self { train, eval, instruction, last_number_fallback, overlap_dropped }
+    }
+
+    /// Training problems dropped because their question is also held out (always 0 for generated
+    /// problems, which never draw one).
+    pub fn overlap_dropped(&self) -> usize {
+        self.overlap_dropped
+    }
+}
+
+impl Task for ChatProblems {
+    fn train_problems(&self) -> &[Problem] {
+        &self.train
+    }
+
+    fn eval_problems(&self) -> &[Problem] {
+        &self.eval
+    }
+
+    /// None: a pretrained chat model follows the instruction as it comes, and STaR's own kept
+    /// rationales are its training data.
+    fn seed_examples(&self) -> Vec<TrainExample> {
+        Vec::new()
+    }
+
+    fn prompt(&self, problem: &Problem) -> String {
+        pose(&problem.question, &self.instruction)
+    }
+
+    fn hinted_prompt(&self, problem: &Problem) -> String {
+        hinted(&self.prompt(problem), &problem.answer)
+    }
+
+    fn verifier(&self) -> Verifier {
+        Verifier::new(Format::Auto).with_last_number_fallback(self.last_number_fallback)
+    }
+
+    fn alphabet(&self) -> String {
+        alphabet_of(self)
+    }
 }
 
 /// `question` posed with `instruction` on the next line; an empty instruction poses the question alone.

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::task::check_disjoint;
+use crate::tasks::DEFAULT_INSTRUCTION;
+use crate::Task;
 
 fn config(train: usize, eval: usize) -> ArithWordConfig {
     ArithWordConfig {
@@ -89,7 +91,7 @@ fn splits_share_no_question_and_no_story_with_the_same_numbers() {
         let ids: HashSet<&str> = split.iter().map(|d| d.problem.id.as_str()).collect();
         assert_eq!((keys.len(), questions.len(), ids.len()), (split.len(), split.len(), split.len()));
     }
-    let task = ArithWord::new(&config, 11).expect("task");
+    let task = ChatProblems::arith_word(&config, 11).expect("task");
     assert!(check_disjoint(&task).is_empty());
     assert_eq!(task.eval_problems()[17].id, "aw-eval-00017");
     assert_eq!(task.train_problems()[42].id, "aw-train-00042");
@@ -97,10 +99,10 @@ fn splits_share_no_question_and_no_story_with_the_same_numbers() {
 
 #[test]
 fn splits_are_reproducible_from_the_seed_and_held_out_split_ignores_the_training_count() {
-    let a = ArithWord::new(&config(300, 200), 5).expect("a");
-    let b = ArithWord::new(&config(300, 200), 5).expect("b");
-    let c = ArithWord::new(&config(300, 200), 6).expect("c");
-    let d = ArithWord::new(&config(900, 200), 5).expect("d");
+    let a = ChatProblems::arith_word(&config(300, 200), 5).expect("a");
+    let b = ChatProblems::arith_word(&config(300, 200), 5).expect("b");
+    let c = ChatProblems::arith_word(&config(300, 200), 6).expect("c");
+    let d = ChatProblems::arith_word(&config(900, 200), 5).expect("d");
     assert_eq!(a.eval_problems(), b.eval_problems());
     assert_eq!(a.train_problems(), b.train_problems());
     assert_ne!(a.eval_problems(), c.eval_problems());
@@ -111,8 +113,8 @@ fn splits_are_reproducible_from_the_seed_and_held_out_split_ignores_the_training
 #[test]
 fn buckets_follow_the_two_step_fraction() {
     for (fraction, two_step) in [(0.5, 100), (0.3, 60), (0.0, 0), (1.0, 200)] {
-        let task =
-            ArithWord::new(&ArithWordConfig { two_step_fraction: fraction, ..config(50, 200) }, 1).expect("task");
+        let task = ChatProblems::arith_word(&ArithWordConfig { two_step_fraction: fraction, ..config(50, 200) }, 1)
+            .expect("task");
         let mut buckets: HashMap<&str, usize> = HashMap::new();
         for p in task.eval_problems() {
             *buckets.entry(p.bucket.as_str()).or_default() += 1;
@@ -121,14 +123,14 @@ fn buckets_follow_the_two_step_fraction() {
         assert_eq!(buckets.get("1-step").copied().unwrap_or(0), 200 - two_step, "{fraction}");
     }
     // Both buckets are mixed through the split, not one after the other.
-    let task = ArithWord::new(&config(50, 200), 1).expect("task");
+    let task = ChatProblems::arith_word(&config(50, 200), 1).expect("task");
     assert!(task.eval_problems()[..50].iter().any(|p| p.bucket == "1-step"));
     assert!(task.eval_problems()[..50].iter().any(|p| p.bucket == "2-step"));
 }
 
 #[test]
 fn the_hint_is_only_in_the_hinted_prompt() {
-    let task = ArithWord::new(&config(200, 200), 2).expect("task");
+    let task = ChatProblems::arith_word(&config(200, 200), 2).expect("task");
     for p in task.train_problems().iter().chain(task.eval_problems()) {
         let prompt = task.prompt(p);
         assert_eq!(prompt, format!("{}\n{DEFAULT_INSTRUCTION}", p.question));
@@ -136,22 +138,24 @@ fn the_hint_is_only_in_the_hinted_prompt() {
         let hinted = task.hinted_prompt(p);
         assert_eq!(hinted, format!("{prompt}\nHint: the answer is {}. Explain how to get it.", p.answer));
     }
-    let custom =
-        ArithWord::new(&ArithWordConfig { instruction: Some("Think.".into()), ..config(5, 5) }, 2).expect("task");
+    let custom = ChatProblems::arith_word(&ArithWordConfig { instruction: Some("Think.".into()), ..config(5, 5) }, 2)
+        .expect("task");
     let p = &custom.eval_problems()[0];
     assert_eq!(custom.prompt(p), format!("{}\nThink.", p.question));
-    let bare = ArithWord::new(&ArithWordConfig { instruction: Some(String::new()), ..config(5, 5) }, 2).expect("task");
+    let bare = ChatProblems::arith_word(&ArithWordConfig { instruction: Some(String::new()), ..config(5, 5) }, 2)
+        .expect("task");
     assert_eq!(bare.prompt(p), p.question);
 }
 
 #[test]
 fn verifier_wants_the_exact_number_and_falls_back_only_when_asked() {
-    let strict = ArithWord::new(&config(5, 5), 2).expect("task").verifier();
+    let strict = ChatProblems::arith_word(&config(5, 5), 2).expect("task").verifier();
     assert!(strict.judge("6 packs of 7 is 42. The answer is 42.", "42").correct);
     assert!(!strict.judge("6 packs of 7 is 42. The answer is 421.", "42").correct);
     assert!(!strict.judge("6 packs of 7 is 42", "42").correct);
-    let lenient =
-        ArithWord::new(&ArithWordConfig { last_number_fallback: true, ..config(5, 5) }, 2).expect("task").verifier();
+    let lenient = ChatProblems::arith_word(&ArithWordConfig { last_number_fallback: true, ..config(5, 5) }, 2)
+        .expect("task")
+        .verifier();
     assert!(lenient.judge("6 packs of 7 is 42", "42").correct);
     assert!(!lenient.judge("6 packs of 7 is 42. The answer is 421.", "42").correct);
 }
@@ -159,14 +163,14 @@ fn verifier_wants_the_exact_number_and_falls_back_only_when_asked() {
 #[test]
 fn too_many_problems_for_the_operand_range_is_an_error_naming_the_task() {
     let config = ArithWordConfig { max_operand: 10, two_step_fraction: 0.0, ..config(10, 5000) };
-    let err = ArithWord::new(&config, 1).expect_err("only about 1200 one-step problems exist");
+    let err = ChatProblems::arith_word(&config, 1).expect_err("only about 1200 one-step problems exist");
     let message = err.to_string();
     assert!(message.starts_with("task arith-word:") && message.contains("max-operand"), "{message}");
 }
 
 #[test]
 fn no_seed_set_and_an_alphabet_covering_prompts_and_answers() {
-    let task = ArithWord::new(&config(50, 50), 2).expect("task");
+    let task = ChatProblems::arith_word(&config(50, 50), 2).expect("task");
     assert!(task.seed_examples().is_empty());
     let alphabet = task.alphabet();
     for p in task.eval_problems() {
