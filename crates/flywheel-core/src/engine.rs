@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Reporter, Result, TrainExample};
+use crate::{Message, Reporter, Result, TrainExample};
 
 /// How to sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,23 @@ pub struct GenerationRequest {
     pub prompt: String,
     /// Number of completions to sample from this prompt.
     pub n: usize,
+    /// Earlier turns of the conversation, rendered before the prompt: worked examples of a
+    /// few-shot prompt (STaR's prompt set), as alternating user and assistant messages. Empty for
+    /// a single-turn prompt.
+    pub context: Vec<Message>,
+}
+
+impl GenerationRequest {
+    /// A single-turn request: `n` completions of `prompt`.
+    pub fn new(prompt: impl Into<String>, n: usize) -> Self {
+        Self { prompt: prompt.into(), n, context: Vec::new() }
+    }
+
+    /// The request with `context` rendered before its prompt.
+    pub fn with_context(mut self, context: Vec<Message>) -> Self {
+        self.context = context;
+        self
+    }
 }
 
 /// Why a completion ended.

@@ -36,9 +36,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let per_prompt = 8;
     let requests: Vec<GenerationRequest> = (0..sequences.div_ceil(per_prompt))
-        .map(|i| GenerationRequest {
-            prompt: format!("question {i}: what is {} + {}?\n", i * 37 % 1000, i * 91 % 1000),
-            n: per_prompt,
+        .map(|i| {
+            GenerationRequest::new(
+                format!("question {i}: what is {} + {}?\n", i * 37 % 1000, i * 91 % 1000),
+                per_prompt,
+            )
         })
         .collect();
     for temperature in [0.0, 1.0].into_iter().filter(|_| do_sample) {

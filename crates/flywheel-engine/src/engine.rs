@@ -192,7 +192,7 @@ impl Engine {
     }
 
     /// Samples completions of prompts that are already rendered in the model's format (the
-    /// [`Generator`] implementation renders each request as a user turn first).
+    /// [`Generator`] implementation renders each request as a user turn, after its context turns, first).
     pub fn sample(
         &self,
         requests: &[GenerationRequest],
@@ -266,8 +266,9 @@ impl Generator for Engine {
         let rendered = requests
             .iter()
             .map(|r| {
-                let user = [Message { role: Role::User, content: r.prompt.clone() }];
-                Ok(GenerationRequest { prompt: self.format.render_prompt(&user)?, n: r.n })
+                let mut messages = r.context.clone();
+                messages.push(Message { role: Role::User, content: r.prompt.clone() });
+                Ok(GenerationRequest::new(self.format.render_prompt(&messages)?, r.n))
             })
             .collect::<Result<Vec<_>>>()
             .map_err(EngineError::into_generation)?;

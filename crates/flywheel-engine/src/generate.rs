@@ -2,11 +2,22 @@
 //!
 //! Up to `max_batch` sequences decode together, one token each per step. Each request's prompt is
 //! prefilled once (prompts of several requests packed into one pass) and its `n` samples extend
-//! the shared prompt cache. A sequence that finishes (end-of-sequence token, stop string,
-//! `max_new_tokens`, or the context limit) leaves the batch at once and a waiting sample takes its
-//! slot, so a long tail of unfinished sequences never holds up work. Each sequence has its own
-//! seeded generator and its rows are computed independently of its neighbours, so results do not
-//! depend on `max_batch` or on the order in which sequences finish.
+//! the shared prompt cache.
+//!
+//! Prompts often begin alike (a chat template's system turn and a few worked examples before a
+//! short question). With [`SamplerOptions::share_prefix`], the longest beginning common to every
+//! prompt (token ids; at least [`MIN_SHARED_PREFIX`] of them) is prefilled once into a frozen
+//! cache, and each prompt's prefill computes only its own remainder, from position = shared length,
+//! extending that cache: three levels (common beginning, prompt, sample), each stored once. At
+//! least one token of every prompt stays outside the shared part, so that each prompt's prefill
+//! yields the logits of its last token. Rows are computed independently (see `infer.rs`), so
+//! sharing changes no result, bit for bit: it only skips recomputing the common beginning.
+//!
+//! A sequence that finishes (end-of-sequence token, stop string, `max_new_tokens`, or the context
+//! limit) leaves the batch at once and a waiting sample takes its slot, so a long tail of
+//! unfinished sequences never holds up work. Each sequence has its own seeded generator and its
+//! rows are computed independently of its neighbours, so results do not depend on `max_batch` or
+//! on the order in which sequences finish.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,11 +42,14 @@ pub struct SamplerOptions {
     /// How the sampler holds the weight matrices: Q8_0 (default; several times faster decoding,
     /// logits within about 1% of `f32`) or `f32` (exactly the training weights).
     pub weights: WeightFormat,
+    /// Prefill the beginning common to all prompts once and let every prompt extend it (default
+    /// true; see the module docs). The completions are the same either way; only the time differs.
+    pub share_prefix: bool,
 }
 
 impl Default for SamplerOptions {
     fn default() -> Self {
-        Self { max_batch: 256, max_prefill_tokens: 8192, weights: WeightFormat::default() }
+        Self { max_batch: 256, max_prefill_tokens: 8192, weights: WeightFormat::default(), share_prefix: true }
     }
 }
 
@@ -47,6 +61,9 @@ type Stream<'t> = tokenizers::DecodeStream<
     tokenizers::PostProcessorWrapper,
     tokenizers::DecoderWrapper,
 >;
+
+/// Fewest tokens worth sharing between prompts: a shorter common beginning is recomputed per prompt.
+pub(crate) const MIN_SHARED_PREFIX: usize = 16;
 
 /// A prompt whose cache is built and whose samples are waiting for a slot.
 struct Prefilled {
@@ -117,6 +134,13 @@ pub(crate) fn generate(
     let mut results: Vec<Vec<Option<Completion>>> = requests.iter().map(|r| vec![None; r.n]).collect();
     let total: usize = requests.iter().map(|r| r.n).sum();
     reporter.start("sample", total as u64);
+    let shared = if ctx.options.share_prefix {
+        let sampled: Vec<&[u32]> = prompts.iter().zip(requests).filter(|(_, r)| r.n > 0).map(|(p, _)| &p[..]).collect();
+        let len = shared_prefix_len(&sampled);
+        (len > 0).then(|| prefill_shared(ctx, &sampled[0][..len])).transpose()?
+    } else {
+        None
+    };
 
     let mut queue: VecDeque<usize> = (0..requests.len()).filter(|&i| requests[i].n > 0).collect();
     let mut ready: VecDeque<Prefilled> = VecDeque::new();
@@ -150,7 +174,7 @@ pub(crate) fn generate(
                 }
             } else if !queue.is_empty() {
                 let free = ctx.options.max_batch - active.len();
-                ready.extend(prefill(ctx, &prompts, requests, &mut queue, free)?);
+                ready.extend(prefill(ctx, &prompts, requests, shared.as_ref(), &mut queue, free)?);
             } else {
                 break;
             }
@@ -212,32 +236,68 @@ pub(crate) fn generate(
     Ok(results.into_iter().map(|r| r.into_iter().map(|c| c.expect("every sample completes")).collect()).collect())
 }
 
+/// How many leading tokens `prompts` share: their longest common prefix, capped one short of the
+/// shortest prompt (each prompt keeps a token of its own), or 0 when that is under
+/// [`MIN_SHARED_PREFIX`] or there are fewer than two prompts.
+fn shared_prefix_len(prompts: &[&[u32]]) -> usize {
+    let Some((first, rest)) = prompts.split_first() else { return 0 };
+    if rest.is_empty() {
+        return 0;
+    }
+    let common =
+        rest.iter().fold(first.len(), |len, p| first[..len].iter().zip(*p).take_while(|(a, b)| a == b).count());
+    let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
+    let len = common.min(shortest.saturating_sub(1));
+    if len >= MIN_SHARED_PREFIX {
+        len
+    } else {
+        0
+    }
+}
+
+/// Prefills `prefix` (positions `0..len`) into a fresh cache, in passes of at most
+/// `max_prefill_tokens` tokens, and freezes it for the prompts to extend.
+fn prefill_shared(ctx: &SamplerContext<'_>, prefix: &[u32]) -> Result<Arc<KvCache>> {
+    let mut cache = ctx.model.new_cache();
+    let positions: Vec<u32> = (0..prefix.len() as u32).collect();
+    let chunk = ctx.options.max_prefill_tokens.max(1);
+    for (tokens, positions) in prefix.chunks(chunk).zip(positions.chunks(chunk)) {
+        ctx.model.step(&mut [StepInput { cache: &mut cache, tokens, positions }])?;
+    }
+    Ok(cache.into_shared())
+}
+
 /// Prefills the prompts at the front of `queue`: enough requests to fill `free` slots, within the
-/// prefill token budget (at least one request).
+/// prefill token budget (at least one request). With a `shared` prefix cache, every prompt extends
+/// it and only the tokens after it are computed (and counted against the budget).
 fn prefill(
     ctx: &SamplerContext<'_>,
     prompts: &[Vec<u32>],
     requests: &[GenerationRequest],
+    shared: Option<&Arc<KvCache>>,
     queue: &mut VecDeque<usize>,
     free: usize,
 ) -> Result<Vec<Prefilled>> {
+    let start = shared.map_or(0, |s| s.len());
     let (mut take, mut tokens, mut samples) = (Vec::new(), 0, 0);
     while let Some(&r) = queue.front() {
-        if !take.is_empty() && (samples >= free || tokens + prompts[r].len() > ctx.options.max_prefill_tokens) {
+        let own = prompts[r].len() - start;
+        if !take.is_empty() && (samples >= free || tokens + own > ctx.options.max_prefill_tokens) {
             break;
         }
         queue.pop_front();
         take.push(r);
-        tokens += prompts[r].len();
+        tokens += own;
         samples += requests[r].n;
     }
-    let mut caches: Vec<KvCache> = take.iter().map(|_| ctx.model.new_cache()).collect();
-    let positions: Vec<Vec<u32>> = take.iter().map(|&r| (0..prompts[r].len() as u32).collect()).collect();
+    let new_cache = || shared.map_or_else(|| ctx.model.new_cache(), |s| KvCache::extending(s.clone()));
+    let mut caches: Vec<KvCache> = take.iter().map(|_| new_cache()).collect();
+    let positions: Vec<Vec<u32>> = take.iter().map(|&r| (start as u32..prompts[r].len() as u32).collect()).collect();
     let mut inputs: Vec<StepInput<'_>> = caches
         .iter_mut()
         .zip(&take)
         .zip(&positions)
-        .map(|((cache, &r), pos)| StepInput { cache, tokens: &prompts[r], positions: pos })
+        .map(|((cache, &r), pos)| StepInput { cache, tokens: &prompts[r][start..], positions: pos })
         .collect();
     let logits = ctx.model.step(&mut inputs)?;
     drop(inputs);
@@ -270,4 +330,178 @@ fn complete(ctx: &SamplerContext<'_>, stops: &[String], ids: &[u32], finish: Fin
         None => finish,
     };
     Ok(Completion { text, tokens: ids.len(), finish })
+}
+
+#[cfg(test)]
+mod tests {
+    use flywheel_core::NullReporter;
+
+    use super::*;
+    use crate::model::LlamaModel;
+    use crate::testing::{small_config, ALPHABET};
+
+    /// A few-shot-like preamble over the test alphabet: 48 characters, one token each.
+    const PREAMBLE: &str = "1+2=3 4+4=8 a+b=c 10+20=30 cab=bac 7+1=8 9+0=9 ";
+
+    /// The small test model with room for long prompts, and everything the sampler needs.
+    struct Fixture {
+        model: InferenceModel,
+        tokenizer: TextTokenizer,
+        eos: [u32; 1],
+        bos: Option<u32>,
+        max_positions: usize,
+    }
+
+    impl Fixture {
+        fn new(format: WeightFormat) -> Self {
+            let tokenizer = TextTokenizer::char_level(ALPHABET).unwrap();
+            let mut config = small_config(tokenizer.vocab_size(), true);
+            config.max_position_embeddings = 128;
+            let model = LlamaModel::new_random(&config, 31).unwrap();
+            let eos = [config.eos_ids()[0]];
+            let model = InferenceModel::new(&model, format).unwrap();
+            Self { model, tokenizer, eos, bos: config.bos_token_id, max_positions: config.max_position_embeddings }
+        }
+
+        fn ctx<'a>(&'a self, options: &'a SamplerOptions) -> SamplerContext<'a> {
+            SamplerContext {
+                model: &self.model,
+                tokenizer: &self.tokenizer,
+                eos_ids: &self.eos,
+                bos_id: self.bos,
+                max_positions: self.max_positions,
+                options,
+            }
+        }
+
+        fn generate(
+            &self,
+            options: &SamplerOptions,
+            requests: &[GenerationRequest],
+            params: &SamplingParams,
+        ) -> Vec<Vec<Completion>> {
+            generate(&self.ctx(options), requests, params, &NullReporter).unwrap()
+        }
+
+        fn ids(&self, requests: &[GenerationRequest]) -> Vec<Vec<u32>> {
+            requests.iter().map(|r| self.tokenizer.encode(&r.prompt).unwrap()).collect()
+        }
+    }
+
+    fn req(prompt: impl Into<String>, n: usize) -> GenerationRequest {
+        GenerationRequest::new(prompt, n)
+    }
+
+    fn options(share_prefix: bool, max_batch: usize, max_prefill_tokens: usize) -> SamplerOptions {
+        SamplerOptions { max_batch, max_prefill_tokens, weights: WeightFormat::F32, share_prefix }
+    }
+
+    fn params(temperature: f32, seed: u64) -> SamplingParams {
+        SamplingParams { temperature, top_p: 0.95, top_k: 0, max_new_tokens: 24, seed, ..SamplingParams::default() }
+    }
+
+    /// Requests that share [`PREAMBLE`]; one prompt is the preamble plus a single token, and one
+    /// request asks for no samples (its prompt, which shares less, must not shorten the prefix).
+    fn few_shot() -> Vec<GenerationRequest> {
+        vec![
+            req(format!("{PREAMBLE}3+5="), 3),
+            req(format!("{PREAMBLE}a"), 2),
+            req("0 abc", 0),
+            req(format!("{PREAMBLE}12+34= c"), 1),
+            req(format!("{PREAMBLE}ba+ab="), 4),
+        ]
+    }
+
+    #[test]
+    fn shared_prefix_len_keeps_a_token_per_prompt_and_a_minimum() {
+        let long: Vec<u32> = (0..40).collect();
+        let other: Vec<u32> = (0..30).chain([99, 98]).collect();
+        assert_eq!(shared_prefix_len(&[&long, &other]), 30);
+        assert_eq!(shared_prefix_len(&[&long, &long[..25]]), 24, "a prompt equal to the prefix keeps its last token");
+        assert_eq!(shared_prefix_len(&[&long, &long]), 39);
+        assert_eq!(shared_prefix_len(&[&long]), 0, "one prompt shares with no one");
+        assert_eq!(shared_prefix_len(&[]), 0);
+        assert_eq!(shared_prefix_len(&[&long, &long[..MIN_SHARED_PREFIX]]), 0, "below the minimum");
+        assert_eq!(shared_prefix_len(&[&long, &long[..MIN_SHARED_PREFIX + 1]]), MIN_SHARED_PREFIX);
+        assert_eq!(shared_prefix_len(&[&long, &other, &[7, 0, 1]]), 0);
+    }
+
+    /// Each prompt's prefill logits are the same bits whether the common beginning was shared
+    /// (in one or several passes) or recomputed, in Q8_0 and in `f32`.
+    #[test]
+    fn prefill_logits_are_bit_identical_with_a_shared_prefix() {
+        for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+            let f = Fixture::new(format);
+            let requests = few_shot();
+            let prompts = f.ids(&requests);
+            let sampled: Vec<&[u32]> =
+                prompts.iter().zip(&requests).filter(|(_, r)| r.n > 0).map(|(p, _)| &p[..]).collect();
+            let len = shared_prefix_len(&sampled);
+            assert_eq!(len, PREAMBLE.len(), "the common beginning is the preamble");
+            let plain = options(false, 64, 8192);
+            let run = |options: &SamplerOptions, shared: Option<&Arc<KvCache>>| {
+                let mut queue: VecDeque<usize> = (0..requests.len()).filter(|&i| requests[i].n > 0).collect();
+                let mut out = Vec::new();
+                while !queue.is_empty() {
+                    out.extend(prefill(&f.ctx(options), &prompts, &requests, shared, &mut queue, 64).unwrap());
+                }
+                out.into_iter()
+                    .map(|p| (p.request, p.prompt_len, p.prefix.len(), p.logits.to_vec()))
+                    .collect::<Vec<_>>()
+            };
+            let reference = run(&plain, None);
+            for max_prefill_tokens in [8192, 5] {
+                let chunked = options(true, 64, max_prefill_tokens);
+                let shared = prefill_shared(&f.ctx(&chunked), &sampled[0][..len]).unwrap();
+                assert_eq!(shared.len(), len);
+                let got = run(&chunked, Some(&shared));
+                assert_eq!(got, reference, "{format:?}, max_prefill_tokens {max_prefill_tokens}");
+                assert_eq!(Arc::strong_count(&shared), 1, "the prompt caches were dropped");
+            }
+        }
+    }
+
+    #[test]
+    fn sharing_a_prefix_changes_no_completion() {
+        let f = Fixture::new(WeightFormat::Q8_0);
+        let requests = few_shot();
+        for (temperature, seed) in [(1.0, 7), (0.8, 8), (0.0, 0)] {
+            let p = params(temperature, seed);
+            let reference = f.generate(&options(false, 256, 8192), &requests, &p);
+            let shapes: Vec<usize> = reference.iter().map(Vec::len).collect();
+            assert_eq!(shapes, [3, 2, 0, 1, 4]);
+            if temperature > 0.0 {
+                let texts: Vec<&str> = reference[4].iter().map(|c| c.text.as_str()).collect();
+                assert!(texts.iter().any(|t| *t != texts[0]), "samples of one prompt differ: {texts:?}");
+            }
+            for (max_batch, max_prefill_tokens) in [(256, 8192), (3, 7), (1, 1)] {
+                let shared = options(true, max_batch, max_prefill_tokens);
+                assert_eq!(f.generate(&shared, &requests, &p), reference, "t={temperature} batch {max_batch}");
+            }
+        }
+        // A prompt equal to the whole common beginning: the shared part stops one token short.
+        let requests = vec![req(PREAMBLE, 2), req(format!("{PREAMBLE}4+4="), 2)];
+        let p = params(1.0, 3);
+        assert_eq!(shared_prefix_len(&f.ids(&requests).iter().map(|p| &p[..]).collect::<Vec<_>>()), PREAMBLE.len() - 1);
+        assert_eq!(
+            f.generate(&options(true, 256, 8192), &requests, &p),
+            f.generate(&options(false, 256, 8192), &requests, &p)
+        );
+    }
+
+    #[test]
+    fn prompts_without_a_common_beginning_still_sample() {
+        let f = Fixture::new(WeightFormat::Q8_0);
+        let requests =
+            vec![req("1+1=", 2), req(format!("a{PREAMBLE}"), 1), req(format!("b{PREAMBLE}"), 3), req("9", 1)];
+        assert_eq!(shared_prefix_len(&f.ids(&requests).iter().map(|p| &p[..]).collect::<Vec<_>>()), 0);
+        let p = params(1.0, 11);
+        let shared = f.generate(&options(true, 256, 8192), &requests, &p);
+        assert_eq!(shared.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 3, 1]);
+        assert!(shared.iter().flatten().all(|c| c.tokens > 0 && c.tokens <= 24));
+        assert_eq!(shared, f.generate(&options(false, 256, 8192), &requests, &p));
+        // A single request (nothing to share with) samples as before.
+        let one = [req(format!("{PREAMBLE}3+5="), 2)];
+        assert_eq!(f.generate(&options(true, 256, 8192), &one, &p), f.generate(&options(false, 256, 8192), &one, &p));
+    }
 }

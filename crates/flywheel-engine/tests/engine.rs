@@ -21,7 +21,7 @@ fn engine(seed: u64) -> Engine {
 }
 
 fn req(prompt: &str, n: usize) -> GenerationRequest {
-    GenerationRequest { prompt: prompt.to_string(), n }
+    GenerationRequest::new(prompt, n)
 }
 
 fn sampling(seed: u64) -> SamplingParams {

@@ -39,7 +39,7 @@ fn greedy_answer_to_a_chat_prompt() {
         .format()
         .render_prompt(&[Message { role: Role::User, content: "What is the capital of France?".into() }])
         .unwrap();
-    let request = GenerationRequest { prompt, n: 1 };
+    let request = GenerationRequest::new(prompt, 1);
     let params = SamplingParams { temperature: 0.0, max_new_tokens: 24, ..SamplingParams::default() };
     let t = std::time::Instant::now();
     let out = engine.sample(&[request], &params, &NullReporter).unwrap();

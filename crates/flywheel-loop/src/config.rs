@@ -264,6 +264,24 @@ pub struct StarConfig {
     /// What each iteration fine-tunes: the base model (as the paper) or the last iteration's.
     #[serde(default)]
     pub fine_tune_from: FineTuneFrom,
+    /// Show the task's worked examples before each question when sampling (STaR's few-shot
+    /// prompt set). Kept rationales are saved with the plain prompt, and evaluation never shows
+    /// them, so the trained model answers without examples.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub few_shot: bool,
+    /// Keep a rationale only if every equation it writes out holds (`8 * 4 = 32`) and one of them
+    /// computes its final answer, not just if the answer is right (see
+    /// [`flywheel_verify::arithmetic`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check_arithmetic: bool,
+    /// Most rationales kept per problem: distinct correct samples, in sampling order (1: STaR's one
+    /// rationale per problem; more, as ReST-EM's cap, gives the model several ways to an answer).
+    #[serde(default = "default_one", skip_serializing_if = "is_one")]
+    pub keep_per_problem: usize,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn default_top_p() -> f32 {
@@ -399,6 +417,12 @@ impl RunConfig {
         }
         if !(star.top_p > 0.0 && star.top_p <= 1.0) {
             return Err("strategy.top-p must be in (0, 1]".into());
+        }
+        if star.keep_per_problem == 0 {
+            return Err("strategy.keep-per-problem must be at least 1".into());
+        }
+        if star.few_shot && !matches!(self.task, TaskConfig::ArithWord(_)) {
+            return Err("strategy.few-shot needs a task with worked examples (arith-word)".into());
         }
         if self.training.batch_size == 0 {
             return Err("training.batch-size must be at least 1".into());

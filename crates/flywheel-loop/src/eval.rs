@@ -53,8 +53,7 @@ pub fn evaluate(
     reporter: &dyn Reporter,
 ) -> crate::Result<(EvalReport, Vec<SampleRecord>)> {
     let problems = task.eval_problems();
-    let requests: Vec<GenerationRequest> =
-        problems.iter().map(|p| GenerationRequest { prompt: task.prompt(p), n: 1 }).collect();
+    let requests: Vec<GenerationRequest> = problems.iter().map(|p| GenerationRequest::new(task.prompt(p), 1)).collect();
     let params = SamplingParams { temperature: 0.0, max_new_tokens, ..SamplingParams::default() };
     let completions = generator.generate(&requests, &params, reporter)?;
     let verifier = task.verifier();

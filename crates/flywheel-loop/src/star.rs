@@ -6,7 +6,7 @@
 //! plain equality checks; [`star_samples`] carries them out against a [`Generator`].
 
 use flywheel_core::{Completion, GenerationRequest, Generator, Problem, Reporter, SamplingParams, TrainExample};
-use flywheel_verify::{Answer, Verifier};
+use flywheel_verify::{arithmetic, Answer, Number, Verifier};
 use serde::{Deserialize, Serialize};
 
 use crate::config::StarConfig;
@@ -34,6 +34,14 @@ pub struct SampleRecord {
     /// a sample is never kept, right or not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub answer_first: bool,
+    /// The first equation the completion writes out that does not hold (`8 * 4 = 24`), if any; with
+    /// `check-arithmetic` such a sample is not kept (see [`flywheel_verify::arithmetic`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_equation: Option<String>,
+    /// Whether an equation of the completion that holds ends in its extracted answer: the answer is
+    /// worked out, not just stated; with `check-arithmetic` a sample without this is not kept.
+    #[serde(default)]
+    pub answer_computed: bool,
 }
 
 /// Verdicts on the completions of one problem.
@@ -58,6 +66,11 @@ pub fn judge_completions(
                 correct: verdict.correct,
                 rationalized,
                 answer_first: answers_first(verifier, &c.text),
+                false_equation: arithmetic::first_false(&c.text).map(|e| e.text.to_owned()),
+                answer_computed: verdict
+                    .extracted
+                    .and_then(Number::parse)
+                    .is_some_and(|n| arithmetic::computes(&c.text, n.to_f64())),
             }
         })
         .collect()
@@ -80,10 +93,45 @@ pub fn answers_first(verifier: &Verifier, completion: &str) -> bool {
     sentence.len() < text.trim_end().len() && verifier.extract(sentence).is_some()
 }
 
-/// The rationale STaR keeps for a problem: its first correct sample that does not state its
-/// answer before the working, if any.
-pub fn select(records: &[SampleRecord]) -> Option<&SampleRecord> {
-    records.iter().find(|r| r.correct && !r.answer_first)
+/// Which correct samples STaR keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepPolicy {
+    /// Also require every written-out equation to hold, and one of them to compute the answer.
+    pub check_arithmetic: bool,
+    /// Most samples kept per problem.
+    pub per_problem: usize,
+}
+
+impl KeepPolicy {
+    /// STaR's own policy: the first correct sample, arithmetic unchecked.
+    pub const FIRST_CORRECT: KeepPolicy = KeepPolicy { check_arithmetic: false, per_problem: 1 };
+
+    /// The policy a config asks for.
+    pub fn of(config: &StarConfig) -> Self {
+        Self { check_arithmetic: config.check_arithmetic, per_problem: config.keep_per_problem }
+    }
+
+    /// Whether `record` may be kept at all.
+    fn admits(&self, record: &SampleRecord) -> bool {
+        let sound = record.false_equation.is_none() && record.answer_computed;
+        record.correct && !record.answer_first && (sound || !self.check_arithmetic)
+    }
+}
+
+/// The rationales STaR keeps for a problem: its correct samples that do not state their answer
+/// before the working (and, when checked, whose arithmetic holds and computes the answer), distinct
+/// texts in sampling order, at most `policy.per_problem`.
+pub fn select(records: &[SampleRecord], policy: KeepPolicy) -> Vec<&SampleRecord> {
+    let mut kept: Vec<&SampleRecord> = Vec::new();
+    for r in records.iter().filter(|r| policy.admits(r)) {
+        if kept.len() == policy.per_problem {
+            break;
+        }
+        if !kept.iter().any(|k| k.completion.trim() == r.completion.trim()) {
+            kept.push(r);
+        }
+    }
+    kept
 }
 
 /// The training example of a kept rationale: the task's plain prompt, never the hinted one.
@@ -106,8 +154,9 @@ pub struct StarOutcome {
     pub tokens: u64,
 }
 
-/// Samples `config.samples_per_problem` rationales for every training problem, rationalizes the
-/// unsolved ones when configured, and returns the samples and the training set.
+/// Samples `config.samples_per_problem` rationales for every training problem (after the task's
+/// worked examples when `config.few_shot`), rationalizes the unsolved ones when configured, and
+/// returns the samples and the training set.
 pub fn star_samples(
     task: &dyn Task,
     generator: &mut dyn Generator,
@@ -117,6 +166,8 @@ pub fn star_samples(
 ) -> crate::Result<StarOutcome> {
     let problems = task.train_problems();
     let verifier = task.verifier();
+    let policy = KeepPolicy::of(config);
+    let context = if config.few_shot { task.few_shot() } else { Vec::new() };
     let params = SamplingParams {
         temperature: config.temperature,
         top_p: config.top_p,
@@ -126,22 +177,23 @@ pub fn star_samples(
         seed,
         ignore_eos: false,
     };
-    let requests: Vec<GenerationRequest> =
-        problems.iter().map(|p| GenerationRequest { prompt: task.prompt(p), n: config.samples_per_problem }).collect();
+    let requests: Vec<GenerationRequest> = problems
+        .iter()
+        .map(|p| GenerationRequest::new(task.prompt(p), config.samples_per_problem).with_context(context.clone()))
+        .collect();
     let completions = generator.generate(&requests, &params, reporter)?;
 
     let mut outcome = StarOutcome::default();
-    let mut kept: Vec<Option<TrainExample>> = vec![None; problems.len()];
+    let mut kept: Vec<Vec<TrainExample>> = vec![Vec::new(); problems.len()];
     let mut unsolved = Vec::new();
     for (i, problem) in problems.iter().enumerate() {
         outcome.tokens += completions[i].iter().map(|c| c.tokens as u64).sum::<u64>();
         let records = judge_completions(&verifier, problem, &requests[i].prompt, &completions[i], false);
-        match select(&records) {
-            Some(r) => {
-                kept[i] = Some(training_example(task, problem, r));
-                outcome.solved += 1;
-            }
-            None => unsolved.push(i),
+        kept[i] = select(&records, policy).into_iter().map(|r| training_example(task, problem, r)).collect();
+        if kept[i].is_empty() {
+            unsolved.push(i);
+        } else {
+            outcome.solved += 1;
         }
         outcome.samples.extend(records);
     }
@@ -149,15 +201,18 @@ pub fn star_samples(
     if config.rationalization && !unsolved.is_empty() {
         let requests: Vec<GenerationRequest> = unsolved
             .iter()
-            .map(|&i| GenerationRequest { prompt: task.hinted_prompt(&problems[i]), n: config.rationalization_samples })
+            .map(|&i| {
+                GenerationRequest::new(task.hinted_prompt(&problems[i]), config.rationalization_samples)
+                    .with_context(context.clone())
+            })
             .collect();
         let params = SamplingParams { seed: seed ^ 0x5ea1_ed0f_f1ce, ..params };
         let completions = generator.generate(&requests, &params, reporter)?;
         for (j, &i) in unsolved.iter().enumerate() {
             outcome.tokens += completions[j].iter().map(|c| c.tokens as u64).sum::<u64>();
             let records = judge_completions(&verifier, &problems[i], &requests[j].prompt, &completions[j], true);
-            if let Some(r) = select(&records) {
-                kept[i] = Some(training_example(task, &problems[i], r));
+            kept[i] = select(&records, policy).into_iter().map(|r| training_example(task, &problems[i], r)).collect();
+            if !kept[i].is_empty() {
                 outcome.rationalized += 1;
             }
             outcome.samples.extend(records);
@@ -169,7 +224,7 @@ pub fn star_samples(
 
 #[cfg(test)]
 mod tests {
-    use flywheel_core::FinishReason;
+    use flywheel_core::{FinishReason, Role};
 
     use super::*;
     use crate::config::AdditionConfig;
@@ -189,25 +244,34 @@ mod tests {
         let texts = ["A:1133", "A:1134 wrong? no: ok", "x\nA:1134", "A:1134"];
         let records = judge_completions(&v, &problem(), "345+789\n", &texts.map(completion), false);
         assert_eq!(records.iter().map(|r| r.correct).collect::<Vec<_>>(), [false, false, true, true]);
-        assert_eq!(select(&records).map(|r| r.completion.as_str()), Some("x\nA:1134"));
-        assert_eq!(select(&records[..2]), None);
+        let first =
+            |records: &[SampleRecord]| select(records, KeepPolicy::FIRST_CORRECT).first().map(|r| r.completion.clone());
+        assert_eq!(first(&records).as_deref(), Some("x\nA:1134"));
+        assert_eq!(first(&records[..2]), None);
+    }
+
+    /// Verdicts on `texts` as completions of a chat problem whose answer is `answer`.
+    fn judge_chat(answer: &str, texts: &[&str], rationalized: bool) -> Vec<SampleRecord> {
+        let v = Verifier::new(flywheel_verify::Format::Auto);
+        let p = Problem { id: "p".into(), question: "q".into(), answer: answer.into(), bucket: String::new() };
+        let completions: Vec<Completion> = texts.iter().map(|t| completion(t)).collect();
+        judge_completions(&v, &p, "q", &completions, rationalized)
     }
 
     #[test]
     fn answers_stated_before_the_working_are_not_kept() {
-        let v = Verifier::new(flywheel_verify::Format::Auto);
-        let p = Problem { id: "p".into(), question: "q".into(), answer: "26".into(), bucket: String::new() };
         let texts = [
             "The answer is 26. Here's a brief calculation: 33 x 7 = 216.",
             "The answer is 26.\nBecause 20 + 6 = 26.",
             "20 + 6 = 26.\nThe answer is 26.",
             "The answer is 26.",
         ];
-        let records = judge_completions(&v, &p, "q", &texts.map(completion), true);
+        let records = judge_chat("26", &texts, true);
         assert!(records.iter().all(|r| r.correct));
         assert_eq!(records.iter().map(|r| r.answer_first).collect::<Vec<_>>(), [true, true, false, false]);
-        assert_eq!(select(&records).map(|r| r.completion.as_str()), Some(texts[2]));
-        assert_eq!(select(&records[..2]), None);
+        let kept = select(&records, KeepPolicy::FIRST_CORRECT);
+        assert_eq!(kept.iter().map(|r| r.completion.as_str()).collect::<Vec<_>>(), [texts[2]]);
+        assert!(select(&records[..2], KeepPolicy::FIRST_CORRECT).is_empty());
         // The addition scratchpad never opens with its answer line.
         let add = Verifier::new(flywheel_verify::Format::FinalLine);
         for (a, b) in [(3, 4), (9, 9), (345, 789)] {
@@ -230,11 +294,102 @@ mod tests {
         assert_eq!(hinted, "345+789|1134\n");
         let v = task.verifier();
         let records = judge_completions(&v, &p, &hinted, &[completion(&scratchpad(345, 789))], true);
-        let kept = select(&records).expect("a correct rationale");
+        let kept = select(&records, KeepPolicy::FIRST_CORRECT)[0];
         assert!(kept.rationalized && kept.prompt.contains("1134"));
         let example = training_example(&task, &p, kept);
         assert_eq!(example.messages[0].content, "345+789\n");
         assert!(!example.messages.iter().any(|m| m.content.contains('|')));
         assert_eq!(example.messages[1].content, kept.completion);
+    }
+
+    #[test]
+    fn keep_policy_checks_arithmetic_and_keeps_distinct_samples_up_to_the_cap() {
+        let texts = [
+            "8 * 4 = 24.\n24 + 16 = 40.\nThe answer is 40.",
+            "8 * 4 = 32.\n32 + 8 = 40.\nThe answer is 40.",
+            "8 * 4 = 32.\n32 + 8 = 40.\nThe answer is 40.\n",
+            "8 * 5 = 40.\nThe answer is 40.",
+            "5 * 8 = 40.\nThe answer is 40.",
+            "Eight fours and eight more make forty.\nThe answer is 40.",
+        ];
+        let records = judge_chat("40", &texts, false);
+        assert!(records.iter().all(|r| r.correct));
+        assert_eq!(records[0].false_equation.as_deref(), Some("8 * 4 = 24"));
+        assert!(records[1..].iter().all(|r| r.false_equation.is_none()));
+        assert_eq!(
+            records.iter().map(|r| r.answer_computed).collect::<Vec<_>>(),
+            [true, true, true, true, true, false]
+        );
+        let kept = |check_arithmetic, per_problem| {
+            select(&records, KeepPolicy { check_arithmetic, per_problem })
+                .iter()
+                .map(|r| r.completion.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(false, 1), [texts[0]]);
+        assert_eq!(kept(true, 1), [texts[1]]);
+        // The third text repeats the second (up to whitespace): not a second way to the answer.
+        assert_eq!(kept(true, 3), [texts[1], texts[3], texts[4]]);
+        // Stated, not computed: kept only when the arithmetic is not checked.
+        assert_eq!(kept(true, 9), [texts[1], texts[3], texts[4]]);
+        assert_eq!(kept(false, 9), [texts[0], texts[1], texts[3], texts[4], texts[5]]);
+        assert_eq!(kept(false, 2), [texts[0], texts[1]]);
+    }
+
+    /// Answers every request with its own context length in a correct rationale, and records the
+    /// requests it saw.
+    #[derive(Default)]
+    struct Recorder {
+        requests: Vec<GenerationRequest>,
+    }
+
+    impl Generator for Recorder {
+        fn generate(
+            &mut self,
+            requests: &[GenerationRequest],
+            _: &SamplingParams,
+            _: &dyn Reporter,
+        ) -> flywheel_core::Result<Vec<Vec<Completion>>> {
+            self.requests.extend_from_slice(requests);
+            Ok(requests.iter().map(|r| vec![completion(&format!("{} turns.", r.context.len())); r.n]).collect())
+        }
+    }
+
+    #[test]
+    fn few_shot_examples_are_shown_when_sampling_but_never_saved() {
+        let task_config = crate::config::ArithWordConfig {
+            train_problems: 3,
+            eval_problems: 2,
+            two_step_fraction: 0.5,
+            max_operand: 100,
+            last_number_fallback: false,
+            instruction: None,
+        };
+        let task = crate::tasks::ChatProblems::arith_word(&task_config, 7).unwrap();
+        let shots = task.few_shot();
+        assert_eq!(shots.len(), 8);
+        assert!(shots.iter().enumerate().all(|(i, m)| m.role == if i % 2 == 0 { Role::User } else { Role::Assistant }));
+        assert!(shots[0].content.ends_with(crate::tasks::DEFAULT_INSTRUCTION));
+        // Every worked example is right by the task's own verifier and arithmetic check.
+        for pair in shots.chunks(2) {
+            assert!(task.verifier().extract(&pair[1].content).is_some(), "{}", pair[1].content);
+            assert!(arithmetic::first_false(&pair[1].content).is_none(), "{}", pair[1].content);
+        }
+        let config: crate::config::StarConfig = toml::from_str(
+            "samples-per-problem = 2\ntemperature = 0.7\nmax-new-tokens = 8\nrationalization = true\nfew-shot = true",
+        )
+        .unwrap();
+        let mut generator = Recorder::default();
+        let outcome = star_samples(&task, &mut generator, &config, 1, &flywheel_core::NullReporter).unwrap();
+        // Nothing is solved, so each problem is sampled twice: plainly, then with the hint.
+        assert_eq!(generator.requests.len(), 6);
+        assert!(generator.requests.iter().all(|r| r.context == shots));
+        assert!(outcome.train.is_empty());
+        let plain: crate::config::StarConfig =
+            toml::from_str("samples-per-problem = 2\ntemperature = 0.7\nmax-new-tokens = 8\nrationalization = false")
+                .unwrap();
+        let mut generator = Recorder::default();
+        star_samples(&task, &mut generator, &plain, 1, &flywheel_core::NullReporter).unwrap();
+        assert!(generator.requests.iter().all(|r| r.context.is_empty()));
     }
 }

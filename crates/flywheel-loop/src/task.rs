@@ -1,6 +1,6 @@
 //! What a task provides to a strategy: problems, prompts, and the judge of answers.
 
-use flywheel_core::{Problem, TrainExample};
+use flywheel_core::{Message, Problem, TrainExample};
 use flywheel_verify::Verifier;
 
 /// A source of problems with verifiable answers.
@@ -14,6 +14,12 @@ pub trait Task {
     fn eval_problems(&self) -> &[Problem];
     /// Worked examples a fresh base model learns the format from (the few-shot prompt's stand-in).
     fn seed_examples(&self) -> Vec<TrainExample>;
+    /// Worked examples to show before a question when sampling with a few-shot prompt (STaR's
+    /// prompt set `P`): alternating user turns (posed as [`Task::prompt`] poses a problem) and
+    /// assistant turns (their rationales). None by default.
+    fn few_shot(&self) -> Vec<Message> {
+        Vec::new()
+    }
     /// The prompt that poses `problem`.
     fn prompt(&self, problem: &Problem) -> String;
     /// The prompt that poses `problem` with its answer shown as a hint (STaR's rationalization).

@@ -8,6 +8,9 @@
 //!   asked) the last number of the text. Where several markers appear, the last one wins.
 //! * [`Answer::parse`] reads an extracted span as a number (thousands separators, currency, `%`,
 //!   fractions, units after the number) or, failing that, as normalised text.
+//! * [`arithmetic`] checks the working: every equation a rationale writes out (`8 * 4 = 32`) must
+//!   hold, so that a rationale whose mistakes cancel out, or that jumps to a hinted answer, can be
+//!   told from a sound one.
 //! * [`Answer::matches`] compares two answers: numbers as numbers (integers exactly, others within a
 //!   relative 1e-9), text only as whole normalised strings. An empty answer matches
 //!   nothing.
@@ -27,6 +30,7 @@
 //! ```
 
 mod answer;
+pub mod arithmetic;
 mod extract;
 mod number;
 mod verdict;

@@ -73,3 +73,47 @@ fn bump_last_digit(answer: &str) -> String {
     let digit = answer.as_bytes()[at] - b'0';
     format!("{}{}{}", &answer[..at], (digit + 1) % 10, &answer[at + 1..])
 }
+
+/// GSM8K's solutions were written by people and their `<<48/2=24>>` annotations computed by a
+/// calculator: the arithmetic checker must find nearly all of them sound (a checker that flags
+/// correct working would throw away good rationales), and find a changed result false.
+#[test]
+fn gold_working_passes_the_arithmetic_check_and_a_changed_result_does_not() {
+    use flywheel_verify::arithmetic::{computes, equations, first_false};
+    use flywheel_verify::Number;
+
+    let Some(text) = test_split() else { return };
+    let solutions = solutions(&text);
+    let (mut flagged, mut computed, mut checked) = (Vec::new(), 0, 0);
+    for (i, solution) in solutions.iter().enumerate() {
+        if let Some(e) = first_false(solution) {
+            flagged.push(format!("line {}: {}", i + 1, e.text));
+        }
+        let answer = Number::parse(Verifier::gold_answer(solution)).map(|n| n.to_f64());
+        computed += usize::from(answer.is_some_and(|a| computes(solution, a)));
+        // Change the result of the first calculator annotation that is arithmetic: the checker
+        // must notice, in the annotation and in the whole solution.
+        let annotation = solution.find("<<").and_then(|open| {
+            let close = open + solution[open..].find(">>")?;
+            Some((open + 2, close))
+        });
+        if let Some((start, end)) = annotation.filter(|&(s, e)| !equations(&solution[s..e]).is_empty()) {
+            checked += 1;
+            let broken = format!("{}9{}", &solution[..end], &solution[end..]);
+            assert!(first_false(&broken[start..=end]).is_some(), "line {}: changed result not caught", i + 1);
+            assert!(first_false(&broken).is_some(), "line {}: changed result not caught in the solution", i + 1);
+        }
+    }
+    let n = solutions.len();
+    eprintln!(
+        "{} of {n} gold solutions flagged, {computed} compute their answer, {checked} changes caught",
+        flagged.len()
+    );
+    assert!(
+        flagged.len() * 100 <= n,
+        "more than 1% of gold solutions flagged: {:?}",
+        &flagged[..flagged.len().min(10)]
+    );
+    assert!(computed * 100 >= 90 * n, "only {computed} of {n} gold solutions compute their answer");
+    assert!(checked * 100 >= 90 * n, "only {checked} of {n} solutions had a checkable first annotation");
+}

@@ -76,7 +76,7 @@ fn sampling(model: &std::path::Path, samples: usize, new_tokens: usize, threads:
         ignore_eos: true,
         ..SamplingParams::default()
     };
-    let request = [GenerationRequest { prompt, n: samples }];
+    let request = [GenerationRequest::new(prompt, samples)];
     let run = || -> Result<(f64, usize)> {
         let start = Instant::now();
         let out = engine.sample(&request, &params, &NullReporter)?;

@@ -9,8 +9,10 @@
 //! and other operands within 2 to `max-operand`, so every answer stays under 1000.
 //!
 //! A problem is posed as its question, then the instruction on the next line; its rationalization
-//! prompt adds a line with the answer as a hint. A pretrained chat model needs no worked examples to
-//! learn a format from, so the task has no seed set: iteration 0 evaluates the model as it comes.
+//! prompt adds a line with the answer as a hint. The task has no seed set to train on: iteration 0
+//! evaluates the model as it comes. It has four worked examples ([`WORKED_EXAMPLES`]) that STaR's
+//! `few-shot` sampling shows before each question, as the paper's prompt set; they are never
+//! trained on and never shown at evaluation.
 //!
 //! The held-out split is drawn first, from its own seed, so it does not change with the number of
 //! training problems. A training problem never repeats a held-out one: neither its question nor its
@@ -295,6 +297,29 @@ const TEMPLATES: &[Template] = &[
     },
 ];
 
+/// Worked examples for few-shot sampling (STaR's prompt set): stories told by none of
+/// [`TEMPLATES`], so no problem of either split is among them, each solved one operation per line
+/// and ending with the answer sentence the verifier reads.
+const WORKED_EXAMPLES: &[(&str, &str)] = &[
+    (
+        "Rosa collects 27 shells on Monday and 45 shells on Tuesday. How many shells does Rosa collect?",
+        "Rosa collects 27 + 45 = 72 shells.\nThe answer is 72.",
+    ),
+    (
+        "A farmer has 9 crates with 7 melons in each crate. He sells 20 melons. How many melons are left?",
+        "The crates hold 9 * 7 = 63 melons.\nAfter selling, 63 - 20 = 43 melons are left.\nThe answer is 43.",
+    ),
+    (
+        "Kai has 84 stamps and gives 29 of them to his sister. How many stamps does Kai keep?",
+        "Kai keeps 84 - 29 = 55 stamps.\nThe answer is 55.",
+    ),
+    (
+        "A teacher hands out 56 pencils equally to 8 students, and each student already had 3 pencils. \
+         How many pencils does each student have?",
+        "Each student gets 56 / 8 = 7 pencils.\nWith the pencils they had, 7 + 3 = 10 pencils.\nThe answer is 10.",
+    ),
+];
+
 const NAMES: &[&str] = &[
     "Mia", "Noah", "Ava", "Liam", "Emma", "Lucas", "Sofia", "Omar", "Priya", "Kenji", "Amara", "Diego", "Lena", "Tom",
     "Zara", "Ben", "Aisha", "Ivan", "Chloe", "Mateo", "Nora", "Yuki", "Sam", "Ella",
@@ -321,7 +346,9 @@ impl ChatProblems {
     pub fn arith_word(config: &ArithWordConfig, seed: u64) -> Result<Self, LoopError> {
         let (eval, train) = generate(config, seed)?;
         let problems = |drawn: Vec<Drawn>| drawn.into_iter().map(|d| d.problem).collect();
-        Ok(Self::new(problems(train), problems(eval), config.instruction.as_ref(), config.last_number_fallback, 0))
+        let task =
+            Self::new(problems(train), problems(eval), config.instruction.as_ref(), config.last_number_fallback, 0);
+        Ok(task.with_worked_examples(WORKED_EXAMPLES))
     }
 }
 

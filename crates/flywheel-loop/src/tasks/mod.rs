@@ -10,17 +10,19 @@ pub mod jsonl;
 
 use std::collections::BTreeSet;
 
-use flywheel_core::{Problem, TrainExample};
+use flywheel_core::{Message, Problem, Role, TrainExample};
 use flywheel_verify::{Format, Verifier};
 
 use crate::config::TaskConfig;
 use crate::{LoopError, Task};
 
 /// The instruction appended to chat-model tasks' questions unless a config names another. It asks
-/// for the "The answer is N." sentence that [`flywheel_verify::Format::Auto`] recognises. Chosen by
-/// measurement on SmolLM2-135M-Instruct: "solve step by step" makes it open with long preambles that
-/// rarely reach an answer within 96 tokens (greedy: 1.5% of 200 held-out arith-word problems).
-pub const DEFAULT_INSTRUCTION: &str = "Give a brief calculation and end with: The answer is N.";
+/// for the "The answer is 42." sentence that [`flywheel_verify::Format::Auto`] recognises. Chosen by
+/// measurement on SmolLM2-135M-Instruct (greedy, 200 held-out arith-word problems): "solve step by
+/// step" makes it open with long preambles that rarely reach an answer within 96 tokens (1.5%);
+/// "... end with: The answer is N." is copied literally ("The answer is N.") in 20 of 200 answers
+/// (5.5%); this wording leaves 44 answers without the sentence instead of 103 (6.0%).
+pub const DEFAULT_INSTRUCTION: &str = "Give a brief calculation, then end with \"The answer is\" and the number.";
 
 /// The task a config asks for, its problems drawn with `seed`.
 ///
@@ -45,6 +47,8 @@ pub struct ChatProblems {
     instruction: String,
     last_number_fallback: bool,
     overlap_dropped: usize,
+    /// Worked examples (question, rationale) for few-shot sampling.
+    worked: Vec<(String, String)>,
 }
 
 impl ChatProblems {
@@ -59,7 +63,13 @@ impl ChatProblems {
         overlap_dropped: usize,
     ) -> Self {
         let instruction = instruction.cloned().unwrap_or_else(|| DEFAULT_INSTRUCTION.to_owned());
-        Self { train, eval, instruction, last_number_fallback, overlap_dropped }
+        Self { train, eval, instruction, last_number_fallback, overlap_dropped, worked: Vec::new() }
+    }
+
+    /// The task with `worked` examples (question, rationale) for few-shot sampling.
+    fn with_worked_examples(mut self, worked: &[(&str, &str)]) -> Self {
+        self.worked = worked.iter().map(|&(q, r)| (q.to_owned(), r.to_owned())).collect();
+        self
     }
 
     /// Training problems dropped because their question is also held out (always 0 for generated
@@ -82,6 +92,19 @@ impl Task for ChatProblems {
     /// rationales are its training data.
     fn seed_examples(&self) -> Vec<TrainExample> {
         Vec::new()
+    }
+
+    /// The worked examples, each question posed with the task's instruction.
+    fn few_shot(&self) -> Vec<Message> {
+        self.worked
+            .iter()
+            .flat_map(|(question, rationale)| {
+                [
+                    Message { role: Role::User, content: pose(question, &self.instruction) },
+                    Message { role: Role::Assistant, content: rationale.clone() },
+                ]
+            })
+            .collect()
     }
 
     fn prompt(&self, problem: &Problem) -> String {
