@@ -29,8 +29,6 @@ struct LayerKv {
 pub(crate) struct KvCache {
     /// The frozen levels this cache continues, outermost first; each holds only its own entries.
     ancestors: Vec<Arc<KvCache>>,
-    /// Number of entries held by `ancestors` together.
-    prefix_len: usize,
     layers: Vec<LayerKv>,
     own_len: usize,
     kv_width: usize,
@@ -39,13 +37,12 @@ pub(crate) struct KvCache {
 impl KvCache {
     /// An empty cache for `layers` layers whose entries are `kv_width` floats wide.
     pub fn new(layers: usize, kv_width: usize) -> Self {
-        Self { ancestors: Vec::new(), prefix_len: 0, layers: vec![LayerKv::default(); layers], own_len: 0, kv_width }
+        Self { ancestors: Vec::new(), layers: vec![LayerKv::default(); layers], own_len: 0, kv_width }
     }
 
     /// An empty cache that continues `prefix` (its whole chain shared, nothing copied).
     pub fn extending(prefix: Arc<KvCache>) -> Self {
         let mut cache = Self::new(prefix.layers.len(), prefix.kv_width);
-        cache.prefix_len = prefix.len();
         cache.ancestors.reserve(prefix.ancestors.len() + 1);
         cache.ancestors.extend(prefix.ancestors.iter().cloned());
         cache.ancestors.push(prefix);
@@ -54,7 +51,7 @@ impl KvCache {
 
     /// Number of entries (positions) held, prefixes included.
     pub fn len(&self) -> usize {
-        self.prefix_len + self.own_len
+        self.ancestors.iter().map(|a| a.own_len).sum::<usize>() + self.own_len
     }
 
     /// Appends the keys and values of `rows` new tokens to `layer`. Callers append to every layer

@@ -326,6 +326,10 @@ mod v3 {
     // to inline a closure's `call_once` (it did once the kernel grew), and the body is then
     // compiled without those features, every intrinsic a function call and ~30× slower.
 
+    /// [`matmul_rows`]' body. The weight rows go in runs of [`RUN`] (about 80 KB, they stay in L2
+    /// cache); for each run the activation rows go in tiles of up to [`TILE`] (at most 18 KB at
+    /// SmolLM2's widths, they stay in L1) and each tile meets every weight row of the run. Tails run
+    /// the same per-row code in smaller tiles.
     struct Matmul<'a> {
         simd: V3,
         q: &'a [[i8; BLOCK]],
@@ -341,7 +345,20 @@ mod v3 {
 
         #[inline(always)]
         fn call(self) {
-            matmul_runs(self.simd, self.q, self.d, self.blocks, self.xb, self.layout, self.out);
+            let Matmul { simd, q, d, blocks, xb, layout, out } = self;
+            let rows = xb.len() / blocks;
+            for (run, (q, d)) in q.chunks(RUN * blocks).zip(d.chunks(RUN * blocks)).enumerate() {
+                let mut i = 0;
+                while i < rows {
+                    let (x, first) = (&xb[i * blocks..], run * RUN * layout.weight_stride + i * layout.row_stride);
+                    i += match rows - i {
+                        TILE.. => tile_run::<TILE>(simd, q, d, blocks, x, layout, &mut out[first..]),
+                        4.. => tile_run::<4>(simd, q, d, blocks, x, layout, &mut out[first..]),
+                        2.. => tile_run::<2>(simd, q, d, blocks, x, layout, &mut out[first..]),
+                        _ => tile_run::<1>(simd, q, d, blocks, x, layout, &mut out[first..]),
+                    };
+                }
+            }
         }
     }
 
@@ -384,35 +401,6 @@ mod v3 {
         let packed: __m256i = pulp::cast(simd.pack_with_signed_saturation_i16x16(lo, hi));
         let order: __m256i = pulp::cast([0i32, 4, 1, 5, 2, 6, 3, 7]);
         (d, pulp::cast(simd.avx2._mm256_permutevar8x32_epi32(packed, order)))
-    }
-
-    /// The weight rows go in runs of [`RUN`] (about 80 KB, they stay in L2 cache); for each run
-    /// the activation rows go in tiles of up to [`TILE`] (at most 18 KB at SmolLM2's widths,
-    /// they stay in L1) and each tile meets every weight row of the run. Tails run the same
-    /// per-row code in smaller tiles.
-    #[inline(always)]
-    fn matmul_runs(
-        simd: V3,
-        q: &[[i8; BLOCK]],
-        d: &[f32],
-        blocks: usize,
-        xb: &[[f32; BLOCK]],
-        layout: Layout,
-        out: &mut [f32],
-    ) {
-        let rows = xb.len() / blocks;
-        for (run, (q, d)) in q.chunks(RUN * blocks).zip(d.chunks(RUN * blocks)).enumerate() {
-            let mut i = 0;
-            while i < rows {
-                let (x, first) = (&xb[i * blocks..], run * RUN * layout.weight_stride + i * layout.row_stride);
-                i += match rows - i {
-                    TILE.. => tile_run::<TILE>(simd, q, d, blocks, x, layout, &mut out[first..]),
-                    4.. => tile_run::<4>(simd, q, d, blocks, x, layout, &mut out[first..]),
-                    2.. => tile_run::<2>(simd, q, d, blocks, x, layout, &mut out[first..]),
-                    _ => tile_run::<1>(simd, q, d, blocks, x, layout, &mut out[first..]),
-                };
-            }
-        }
     }
 
     /// `R` activation rows `x` (`blocks` arrays each, consecutive) · every weight row of a run,

@@ -139,6 +139,16 @@ pub fn training_example(task: &dyn Task, problem: &Problem, kept: &SampleRecord)
     TrainExample::single_turn(task.prompt(problem), kept.completion.clone())
 }
 
+/// The training examples of the rationales `policy` keeps among a problem's `records`.
+fn kept_examples(
+    task: &dyn Task,
+    problem: &Problem,
+    records: &[SampleRecord],
+    policy: KeepPolicy,
+) -> Vec<TrainExample> {
+    select(records, policy).into_iter().map(|r| training_example(task, problem, r)).collect()
+}
+
 /// What one STaR sampling phase produced.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StarOutcome {
@@ -189,7 +199,7 @@ pub fn star_samples(
     for (i, problem) in problems.iter().enumerate() {
         outcome.tokens += completions[i].iter().map(|c| c.tokens as u64).sum::<u64>();
         let records = judge_completions(&verifier, problem, &requests[i].prompt, &completions[i], false);
-        kept[i] = select(&records, policy).into_iter().map(|r| training_example(task, problem, r)).collect();
+        kept[i] = kept_examples(task, problem, &records, policy);
         if kept[i].is_empty() {
             unsolved.push(i);
         } else {
@@ -211,7 +221,7 @@ pub fn star_samples(
         for (j, &i) in unsolved.iter().enumerate() {
             outcome.tokens += completions[j].iter().map(|c| c.tokens as u64).sum::<u64>();
             let records = judge_completions(&verifier, &problems[i], &requests[j].prompt, &completions[j], true);
-            kept[i] = select(&records, policy).into_iter().map(|r| training_example(task, &problems[i], r)).collect();
+            kept[i] = kept_examples(task, &problems[i], &records, policy);
             if !kept[i].is_empty() {
                 outcome.rationalized += 1;
             }

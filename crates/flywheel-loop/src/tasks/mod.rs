@@ -48,7 +48,7 @@ pub struct ChatProblems {
     last_number_fallback: bool,
     overlap_dropped: usize,
     /// Worked examples (question, rationale) for few-shot sampling.
-    worked: Vec<(String, String)>,
+    worked: &'static [(&'static str, &'static str)],
 }
 
 impl ChatProblems {
@@ -63,12 +63,12 @@ impl ChatProblems {
         overlap_dropped: usize,
     ) -> Self {
         let instruction = instruction.cloned().unwrap_or_else(|| DEFAULT_INSTRUCTION.to_owned());
-        Self { train, eval, instruction, last_number_fallback, overlap_dropped, worked: Vec::new() }
+        Self { train, eval, instruction, last_number_fallback, overlap_dropped, worked: &[] }
     }
 
     /// The task with `worked` examples (question, rationale) for few-shot sampling.
-    fn with_worked_examples(mut self, worked: &[(&str, &str)]) -> Self {
-        self.worked = worked.iter().map(|&(q, r)| (q.to_owned(), r.to_owned())).collect();
+    fn with_worked_examples(mut self, worked: &'static [(&'static str, &'static str)]) -> Self {
+        self.worked = worked;
         self
     }
 
@@ -98,10 +98,10 @@ impl Task for ChatProblems {
     fn few_shot(&self) -> Vec<Message> {
         self.worked
             .iter()
-            .flat_map(|(question, rationale)| {
+            .flat_map(|&(question, rationale)| {
                 [
                     Message { role: Role::User, content: pose(question, &self.instruction) },
-                    Message { role: Role::Assistant, content: rationale.clone() },
+                    Message { role: Role::Assistant, content: rationale.to_owned() },
                 ]
             })
             .collect()
