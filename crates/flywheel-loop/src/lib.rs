@@ -1,29 +1,37 @@
 //! The self-improvement loop of flywheel, independent of any ML engine.
 //!
 //! A run is a sequence of iterations, each a pure function of (config, seed, previous state):
-//! iteration 0 trains (or loads) the base model and evaluates it; every later iteration samples
-//! rationales with the current model ([`star`]), keeps the verified ones, fine-tunes, and evaluates
-//! on a held-out split that shares no problem with training ([`eval`]). Everything is written to a
-//! run directory ([`rundir`]) so that a stopped run resumes from its last finished iteration and
-//! produces the same files as one that never stopped.
+//! iteration 0 trains (or loads) the base model and evaluates it; every later iteration asks a
+//! [`strategy`] (STaR, ReST, ReST-EM, self-play) for training data made from the current model's
+//! samples, scored by the verifier or a [`reward`], fine-tunes, and evaluates on a held-out split
+//! that shares no problem with training ([`eval`]), stopping early when accuracy stalls ([`stop`]).
+//! Everything is written to a run directory ([`rundir`], events in [`events`]) so that a stopped
+//! run resumes from its last finished iteration and produces the same files as one that never
+//! stopped.
 //!
-//! Engines plug in through [`runner::Engine`] and the `flywheel-core` traits; this crate compiles and
-//! tests without candle or an HTTP client.
+//! Engines plug in through the two seams of [`backend`] (generation and training) and the
+//! `flywheel-core` traits; this crate compiles and tests without candle or an HTTP client.
 
+pub mod backend;
 pub mod config;
 pub mod eval;
+pub mod events;
+pub mod records;
 pub mod report;
+pub mod reward;
 pub mod rundir;
 pub mod runner;
 pub mod seeds;
-pub mod star;
+pub mod stop;
+pub mod strategy;
 pub mod task;
 pub mod tasks;
 
 use std::path::PathBuf;
 
+pub use backend::{GeneratorBackend, Phase, TrainerBackend};
 pub use config::RunConfig;
-pub use runner::{Engine, Runner};
+pub use runner::{Outcome, Runner};
 pub use task::Task;
 
 /// Errors of the loop.

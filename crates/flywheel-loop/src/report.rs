@@ -1,12 +1,16 @@
-//! `flywheel report`: accuracy per iteration and per bucket, as a plain text table.
+//! `flywheel report`: a run's accuracy per iteration and bucket, what each iteration drew and kept,
+//! and several runs side by side, as plain text tables.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::eval::EvalReport;
+use crate::events::{Event, SampleEvent};
+use crate::rundir::{read_events, RunPaths};
+use crate::strategy::StrategyStats;
 use crate::{LoopError, Result};
 
-/// One row of the table: an iteration's evaluation and the size of its training set.
+/// One row of the accuracy table: an iteration's evaluation and the size of its training set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// The iteration.
@@ -17,25 +21,70 @@ pub struct Row {
     pub eval: EvalReport,
 }
 
-/// Reads `iter-*/eval.json` (and `train.jsonl` sizes) of a run directory, in iteration order.
+/// Everything the report shows of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    /// The run directory's name.
+    pub name: String,
+    /// One row per evaluated iteration, in order.
+    pub rows: Vec<Row>,
+    /// The events of `metrics.jsonl`.
+    pub events: Vec<Event>,
+}
+
+impl RunReport {
+    /// Reads a run directory.
+    pub fn read(run: &Path) -> Result<Self> {
+        let rows = read_rows(run)?;
+        let events = read_events(&RunPaths::new(run).metrics_path())?;
+        let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Self { name, rows, events })
+    }
+
+    fn sample_event(&self, k: usize) -> Option<&SampleEvent> {
+        self.events.iter().find_map(|e| match e {
+            Event::Sample(s) if s.iteration == k => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Seconds spent on `phase` (`sample`, `train` or `eval`) in iteration `k`.
+    fn seconds(&self, k: usize, phase: &str) -> f64 {
+        self.events
+            .iter()
+            .filter(|e| e.iteration() == k)
+            .map(|e| match (e, phase) {
+                (Event::Sample(s), "sample") => s.seconds,
+                (Event::Train(t), "train") => t.seconds,
+                (Event::Eval(v), "eval") => v.seconds,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    /// Wall time of the whole run so far, from its events.
+    fn total_seconds(&self) -> f64 {
+        self.rows.iter().map(|r| ["sample", "train", "eval"].iter().map(|p| self.seconds(r.iteration, p)).sum::<f64>()).sum()
+    }
+}
+
+/// Reads `iter-*/eval.json` (and the first training set's size) of a run directory, in iteration
+/// order; an iteration not yet evaluated is left out.
 pub fn read_rows(run: &Path) -> Result<Vec<Row>> {
-    let entries = std::fs::read_dir(run).map_err(|source| LoopError::Io { path: run.to_owned(), source })?;
+    let paths = RunPaths::new(run);
     let mut rows = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(iteration) = name.strip_prefix("iter-").and_then(|n| n.parse::<usize>().ok()) else { continue };
-        let eval_path = entry.path().join("eval.json");
+    for iteration in paths.iterations()? {
+        let eval_path = paths.eval_path(iteration);
         let Ok(text) = std::fs::read(&eval_path) else { continue };
         let eval: EvalReport = serde_json::from_slice(&text)
             .map_err(|e| LoopError::Corrupt { path: eval_path.clone(), message: e.to_string() })?;
-        let examples = std::fs::read_to_string(entry.path().join("train.jsonl")).ok().map(|t| t.lines().count());
+        let examples = std::fs::read_to_string(paths.train_path(iteration, 0)).ok().map(|t| t.lines().count());
         rows.push(Row { iteration, examples, eval });
     }
-    rows.sort_by_key(|r| r.iteration);
     Ok(rows)
 }
 
-/// The table: one line per iteration, overall accuracy then one column per bucket.
+/// The accuracy table: one line per iteration, overall accuracy then one column per bucket.
 pub fn render(rows: &[Row]) -> String {
     let mut buckets: Vec<&String> = rows.iter().flat_map(|r| r.eval.by_bucket.keys()).collect();
     buckets.sort_by_key(|b| (b.parse::<u64>().unwrap_or(u64::MAX), b.as_str()));
@@ -64,6 +113,97 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
+fn percent(x: Option<f64>) -> String {
+    x.map_or("-".to_owned(), |x| format!("{:.1}%", x * 100.0))
+}
+
+/// The data table of a run: per iteration, samples drawn and kept, the true correctness and mean
+/// reward of what was kept, preference pairs, the self-judge's precision and recall (self-play),
+/// pass@k and maj@k where evaluated, and the seconds of each phase; then any early stop.
+pub fn render_data(run: &RunReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>4}  {:>7}  {:>6}  {:>7}  {:>6}  {:>6}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>7}  {:>7}  {:>6}",
+        "iter", "drawn", "kept", "correct", "reward", "r-kept", "pairs", "judgeP", "judgeR", "pass@k", "maj@k", "sample s",
+        "train s", "eval s"
+    );
+    for r in &run.rows {
+        let k = r.iteration;
+        let s = run.sample_event(k);
+        let (precision, recall) = match s.map(|s| &s.stats) {
+            Some(StrategyStats::SelfPlay(p)) => (p.judge.precision(), p.judge.recall()),
+            _ => (None, None),
+        };
+        let num = |x: Option<String>| x.unwrap_or_else(|| "-".to_owned());
+        let _ = writeln!(
+            out,
+            "{:>4}  {:>7}  {:>6}  {:>7}  {:>6}  {:>6}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>8.0}  {:>7.0}  {:>6.0}",
+            k,
+            num(s.map(|s| s.samples.to_string())),
+            num(s.map(|s| s.kept.to_string())),
+            percent(s.and_then(|s| s.kept_correct)),
+            num(s.map(|s| format!("{:.3}", s.mean_reward))),
+            num(s.map(|s| format!("{:.3}", s.mean_reward_kept))),
+            num(s.map(|s| s.pairs.to_string())),
+            percent(precision),
+            percent(recall),
+            percent(r.eval.pass_at_k),
+            percent(r.eval.maj_at_k),
+            run.seconds(k, "sample"),
+            run.seconds(k, "train"),
+            run.seconds(k, "eval"),
+        );
+    }
+    for e in &run.events {
+        if let Event::Stop(stop) = e {
+            let _ = writeln!(out, "stopped early after iteration {}: {}", stop.iteration, stop.reason);
+        }
+    }
+    out
+}
+
+/// Several runs side by side: held-out accuracy, then kept samples (with their true correctness),
+/// per iteration, and each run's wall time.
+pub fn render_side_by_side(runs: &[RunReport]) -> String {
+    let last = runs.iter().flat_map(|r| r.rows.iter().map(|row| row.iteration)).max().unwrap_or(0);
+    let width = runs.iter().map(|r| r.name.len()).max().unwrap_or(0).max(14);
+    let mut out = String::new();
+    let header = |out: &mut String, title: &str| {
+        let _ = write!(out, "{title}\n{:>4}", "iter");
+        for r in runs {
+            let _ = write!(out, "  {:>width$}", r.name);
+        }
+        out.push('\n');
+    };
+    header(&mut out, "held-out accuracy");
+    for k in 0..=last {
+        let _ = write!(out, "{k:>4}");
+        for r in runs {
+            let cell = r.rows.iter().find(|row| row.iteration == k).map(|row| row.eval.accuracy);
+            let _ = write!(out, "  {:>width$}", percent(cell));
+        }
+        out.push('\n');
+    }
+    header(&mut out, "\nkept / drawn (truly correct)");
+    for k in 1..=last {
+        let _ = write!(out, "{k:>4}");
+        for r in runs {
+            let cell = r.sample_event(k).map_or("-".to_owned(), |s| {
+                format!("{}/{} ({})", s.kept, s.samples, percent(s.kept_correct))
+            });
+            let _ = write!(out, "  {:>width$}", cell);
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "\n{:>4}", "wall");
+    for r in runs {
+        let _ = write!(out, "  {:>width$}", format!("{:.0} s", r.total_seconds()));
+    }
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +214,9 @@ mod tests {
             accuracy: 0.5,
             n: 4,
             by_bucket: [("10".to_owned(), 0.25), ("2".to_owned(), 0.75)].into_iter().collect(),
+            k: None,
+            pass_at_k: None,
+            maj_at_k: None,
         };
         let table = render(&[Row { iteration: 0, examples: Some(12), eval }]);
         assert_eq!(table, "iter  examples  overall       2      10\n   0        12    50.0%   75.0%   25.0%\n");

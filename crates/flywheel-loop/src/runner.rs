@@ -1,51 +1,56 @@
-//! Carries out a run: iteration 0 builds and evaluates the base model, iterations 1..=N run STaR.
+//! Carries out a run: iteration 0 builds and evaluates the base model; every later iteration asks
+//! the configured [`Strategy`] for training data, trains on it and evaluates.
 //!
 //! Each iteration reads only the previous iteration's checkpoint (and the base's) and seeds derived
-//! from the master seed, so a resumed run replays exactly what an uninterrupted one would do.
+//! from the master seed, so a resumed run replays exactly what an uninterrupted one would do. The
+//! runner knows no strategy: it holds a generator backend and a trainer backend, built from config
+//! by the caller, and a strategy built from `[strategy]`.
 
-use std::path::Path;
 use std::time::Instant;
 
-use flywheel_core::{Checkpoint, Generator, Reporter, Trainer};
-use serde_json::json;
+use flywheel_core::{Generator, Reporter, TrainSummary};
 
-use crate::config::{FineTuneFrom, ModelConfig, StrategyConfig};
+use crate::backend::{GeneratorBackend, Phase, TrainerBackend};
+use crate::config::{FineTuneFrom, ModelConfig};
 use crate::eval::evaluate;
+use crate::events::{EvalEvent, Event, SampleEvent, StopEvent, TrainEvent};
 use crate::rundir::{write_atomic, write_jsonl, RunDir};
-use crate::star::star_samples;
-use crate::{seeds, tasks, LoopError, Result, RunConfig, Task};
-
-/// Makes and loads models: the loop's view of an engine.
-pub trait Engine {
-    /// The model type this engine runs.
-    type Model: Generator + Trainer + Checkpoint;
-    /// A freshly initialised model for `config`, its tokenizer covering `task`'s alphabet.
-    fn fresh(&mut self, config: &RunConfig, task: &dyn Task, seed: u64) -> Result<Self::Model>;
-    /// A model saved earlier with [`Checkpoint::save`].
-    fn load(&mut self, dir: &Path) -> Result<Self::Model>;
-}
+use crate::strategy::{self, mean, pairs, Collected, Context, Strategy};
+use crate::{seeds, stop, tasks, LoopError, Result, Task};
 
 /// Runs the iterations of one run directory.
-pub struct Runner<'r, E: Engine> {
-    engine: E,
+pub struct Runner<'r, G: GeneratorBackend, T: TrainerBackend> {
+    generators: G,
+    trainer: T,
     dir: RunDir,
     task: Box<dyn Task>,
+    strategy: Box<dyn Strategy>,
     reporter: &'r dyn Reporter,
 }
 
-impl<'r, E: Engine> Runner<'r, E> {
-    /// Prepares a run: builds the task and checks that its splits are disjoint.
-    pub fn new(engine: E, dir: RunDir, reporter: &'r dyn Reporter) -> Result<Self> {
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every configured iteration ran.
+    Finished,
+    /// Held-out accuracy stalled; the run stopped after this iteration (resumable).
+    StoppedEarly(usize),
+}
+
+impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
+    /// Prepares a run: builds the task and the strategy, and checks that the splits are disjoint.
+    pub fn new(generators: G, trainer: T, dir: RunDir, reporter: &'r dyn Reporter) -> Result<Self> {
         let config = dir.config();
         let task = tasks::build(&config.task, config.seed)?;
         let shared = crate::task::check_disjoint(task.as_ref());
         if !shared.is_empty() {
             return Err(LoopError::Config {
-                path: dir.root().join("config.toml"),
+                path: dir.config_path(),
                 message: format!("held-out problems also in training: {}", shared.join(", ")),
             });
         }
-        Ok(Self { engine, dir, task, reporter })
+        let strategy = strategy::build(&config.strategy);
+        Ok(Self { generators, trainer, dir, task, strategy, reporter })
     }
 
     /// The run directory.
@@ -53,8 +58,13 @@ impl<'r, E: Engine> Runner<'r, E> {
         &self.dir
     }
 
-    /// Runs every iteration not yet finished.
-    pub fn run(&mut self) -> Result<()> {
+    /// Runs every iteration not yet finished, unless held-out accuracy stalls first (with
+    /// `[early-stop]`). A run that stopped early goes on when run again.
+    pub fn run(&mut self) -> Result<Outcome> {
+        if let Some(k) = self.dir.state().stopped_early {
+            tracing::info!("the run stopped early after iteration {k}; going on");
+            self.dir.clear_early_stop()?;
+        }
         let first = self.dir.state().completed.map_or(0, |k| k + 1);
         if first > 0 {
             tracing::info!("resuming {} after iteration {}", self.dir.root().display(), first - 1);
@@ -63,123 +73,220 @@ impl<'r, E: Engine> Runner<'r, E> {
             if k == 0 {
                 self.base_iteration()?;
             } else {
-                self.star_iteration(k)?;
+                self.iteration(k)?;
+            }
+            if let Some(reason) = self.stop_rule(k)? {
+                tracing::warn!("stopping after iteration {k}: {reason}");
+                self.dir.append_event(&Event::Stop(StopEvent { iteration: k, reason }))?;
+                self.dir.stop_early(k)?;
+                return Ok(Outcome::StoppedEarly(k));
             }
         }
-        Ok(())
+        Ok(Outcome::Finished)
     }
 
-    /// Iteration 0: a fresh model trained on the task's seed set, evaluated.
+    /// Iteration 0: the base model (a fresh one trained on the task's seed set, or a pretrained
+    /// one as it is), evaluated.
     fn base_iteration(&mut self) -> Result<()> {
-        let dir = self.dir.begin_iteration(0)?;
+        self.dir.begin_iteration(0)?;
         let config = self.dir.config().clone();
-        let mut model = self.engine.fresh(&config, self.task.as_ref(), seeds::derive(config.seed, "init", 0))?;
-        match &config.model {
-            ModelConfig::Embedded(model_config) => {
-                let seed_set = self.task.seed_examples();
-                write_jsonl(&dir.join("train.jsonl"), &seed_set)?;
+        let seed_set = self.task.seed_examples();
+        let phase = match &config.model {
+            ModelConfig::Embedded(model) => {
+                write_jsonl(&self.dir.train_path(0, 0), &seed_set)?;
                 tracing::info!("iteration 0: training the base model on {} seed examples", seed_set.len());
-                let training = &model_config.base_training;
+                let training = &model.base_training;
                 let params = training.params(training.steps, seeds::derive(config.seed, "train", 0));
-                let summary = model.train(&seed_set, &params, self.reporter)?;
-                self.log_training(0, seed_set.len(), &summary)?;
+                Some(Phase { examples: &seed_set, params })
             }
-            ModelConfig::Pretrained(_) => tracing::info!("iteration 0: the pretrained model, as it is"),
+            ModelConfig::Pretrained(_) => {
+                tracing::info!("iteration 0: the pretrained model, as it is");
+                None
+            }
+        };
+        let out = self.dir.model_dir(0);
+        let seed = seeds::derive(config.seed, "init", 0);
+        if let Some(summary) = self.trainer.init(&config, self.task.as_ref(), seed, phase, &out, self.reporter)? {
+            self.log_training(0, 0, "seed set", seed_set.len(), &summary)?;
         }
-        model.save(&self.dir.model_dir(0))?;
-        self.evaluate(0, &mut model)?;
+        self.evaluate(0)?;
         self.dir.finish_iteration(0)
     }
 
-    fn star_iteration(&mut self, k: usize) -> Result<()> {
-        let dir = self.dir.begin_iteration(k)?;
+    /// Iteration `k`: the strategy's data from the last model, training, evaluation.
+    fn iteration(&mut self, k: usize) -> Result<()> {
+        self.dir.begin_iteration(k)?;
         let config = self.dir.config().clone();
-        let StrategyConfig::Star(star) = &config.strategy;
-        let mut current = self.engine.load(&self.dir.model_dir(k - 1))?;
-
         let started = Instant::now();
-        let outcome = star_samples(
-            self.task.as_ref(),
-            &mut current,
-            star,
-            seeds::derive(config.seed, "sample", k),
-            self.reporter,
-        )?;
-        let seconds = started.elapsed().as_secs_f64();
-        write_jsonl(&dir.join("samples.jsonl"), &outcome.samples)?;
-        write_jsonl(&dir.join("train.jsonl"), &outcome.train)?;
-        let problems = self.task.train_problems().len();
-        tracing::info!(
-            "iteration {k}: {} samples in {seconds:.1}s ({:.0} tokens/s); solved {}/{problems}, rationalized {}, \
-             {} training examples",
-            outcome.samples.len(),
-            outcome.tokens as f64 / seconds.max(1e-9),
-            outcome.solved,
-            outcome.rationalized,
-            outcome.train.len()
-        );
-        self.dir.append_metric(&json!({
-            "iteration": k, "event": "sample", "seconds": seconds, "samples": outcome.samples.len(),
-            "tokens": outcome.tokens, "tokens_per_second": outcome.tokens as f64 / seconds.max(1e-9),
-            "problems": problems, "solved": outcome.solved, "rationalized": outcome.rationalized,
-            "train_examples": outcome.train.len(),
-        }))?;
-
-        let mut model = match star.fine_tune_from {
-            FineTuneFrom::Base => {
-                drop(current);
-                self.engine.load(&self.dir.model_dir(0))?
-            }
-            FineTuneFrom::Last => current,
+        let collected = {
+            let mut generator = self.generators.open(&self.dir.model_dir(k - 1))?;
+            let mut judge = match config.strategy.judges_with_base() {
+                true => Some(self.generators.open(&self.dir.model_dir(0))?),
+                false => None,
+            };
+            let mut cx = Context {
+                task: self.task.as_ref(),
+                generator: generator.as_mut(),
+                judge: judge.as_mut().map(|j| j.as_mut() as &mut dyn Generator),
+                seed: seeds::derive(config.seed, "sample", k),
+                reporter: self.reporter,
+            };
+            self.strategy.collect(&mut cx)?
         };
-        if outcome.train.is_empty() {
-            tracing::warn!("iteration {k}: no correct rationale was found; the model is not fine-tuned");
-        } else {
-            let steps = config.training.steps_at(k);
-            let params = config.training.params(steps, seeds::derive(config.seed, "train", k));
-            let summary = model.train(&outcome.train, &params, self.reporter)?;
-            self.log_training(k, outcome.train.len(), &summary)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.record_samples(k, &collected, seconds)?;
+
+        let start = match config.training.fine_tune_from {
+            FineTuneFrom::Base => self.dir.model_dir(0),
+            FineTuneFrom::Last => self.dir.model_dir(k - 1),
+        };
+        let steps = config.training.steps_at(k);
+        let mut phases = Vec::new();
+        for (i, set) in collected.sets.iter().enumerate() {
+            if set.examples.is_empty() {
+                tracing::warn!("iteration {k}: training set {} ({}) is empty; skipped", i + 1, set.label);
+                continue;
+            }
+            // The first set keeps the seed the single-set strategies always had.
+            let purpose = if i == 0 { "train".to_owned() } else { format!("train-set-{}", i + 1) };
+            let params = config.training.params(steps, seeds::derive(config.seed, &purpose, k));
+            phases.push((i, Phase { examples: &set.examples, params }));
         }
-        model.save(&self.dir.model_dir(k))?;
-        self.evaluate(k, &mut model)?;
+        if phases.is_empty() {
+            tracing::warn!("iteration {k}: nothing was kept; the model is not fine-tuned");
+        }
+        let plain: Vec<Phase<'_>> = phases.iter().map(|(_, p)| p.clone()).collect();
+        let summaries = self.trainer.train(&start, &plain, &self.dir.model_dir(k), self.reporter)?;
+        for ((i, phase), summary) in phases.iter().zip(&summaries) {
+            self.log_training(k, *i, &collected.sets[*i].label, phase.examples.len(), summary)?;
+        }
+        self.evaluate(k)?;
         self.dir.finish_iteration(k)
     }
 
-    fn log_training(&self, k: usize, examples: usize, s: &flywheel_core::TrainSummary) -> Result<()> {
+    /// Writes an iteration's samples, training sets and preference pairs, and its `sample` event.
+    fn record_samples(&self, k: usize, collected: &Collected, seconds: f64) -> Result<()> {
+        write_jsonl(&self.dir.samples_path(k), &collected.samples)?;
+        for (i, set) in collected.sets.iter().enumerate() {
+            write_jsonl(&self.dir.train_path(k, i), &set.examples)?;
+        }
+        let pairs = pairs::preference_pairs(self.task.as_ref(), &collected.samples);
+        write_jsonl(&self.dir.pairs_path(k), &pairs)?;
+
+        let samples = &collected.samples;
+        let kept: Vec<_> = samples.iter().filter(|s| s.kept).collect();
+        let event = SampleEvent {
+            iteration: k,
+            seconds,
+            problems: self.task.train_problems().len(),
+            samples: samples.len(),
+            tokens: collected.tokens,
+            tokens_per_second: collected.tokens as f64 / seconds.max(1e-9),
+            kept: kept.len(),
+            train_examples: collected.sets.iter().map(|s| s.examples.len()).collect(),
+            pairs: pairs.len(),
+            mean_reward: mean(samples.iter().map(|s| s.reward)),
+            mean_reward_kept: mean(kept.iter().map(|s| s.reward)),
+            kept_correct: (!kept.is_empty()).then(|| mean(kept.iter().map(|s| f64::from(u8::from(s.correct))))),
+            sample_accuracy: mean(samples.iter().map(|s| f64::from(u8::from(s.correct)))),
+            stats: collected.stats.clone(),
+        };
+        tracing::info!(
+            "iteration {k}: {} samples in {seconds:.1}s ({:.0} tokens/s); kept {} ({}), mean reward {:.3} (kept {:.3}), \
+             {} pairs; {}",
+            event.samples,
+            event.tokens_per_second,
+            event.kept,
+            event.kept_correct.map_or("none".to_owned(), |c| format!("{:.1}% truly correct", c * 100.0)),
+            event.mean_reward,
+            event.mean_reward_kept,
+            event.pairs,
+            serde_json::to_string(&event.stats).expect("stats serialise"),
+        );
+        self.dir.append_event(&Event::Sample(event))
+    }
+
+    fn log_training(&self, k: usize, set: usize, label: &str, examples: usize, s: &TrainSummary) -> Result<()> {
         let rate = s.target_tokens as f64 / s.seconds.max(1e-9);
         tracing::info!(
-            "iteration {k}: trained {} steps on {examples} examples in {:.1}s ({rate:.0} target tokens/s), loss {:.4} -> {:.4}",
+            "iteration {k}: trained {} steps on {examples} examples ({label}) in {:.1}s ({rate:.0} target tokens/s), \
+             loss {:.4} -> {:.4}",
             s.steps,
             s.seconds,
             s.first_loss,
             s.last_loss
         );
-        self.dir.append_metric(&json!({
-            "iteration": k, "event": "train", "examples": examples, "steps": s.steps, "seconds": s.seconds,
-            "first_loss": s.first_loss, "last_loss": s.last_loss, "target_tokens": s.target_tokens,
-            "target_tokens_per_second": rate,
+        self.dir.append_event(&Event::Train(TrainEvent {
+            iteration: k,
+            set: set + 1,
+            label: label.to_owned(),
+            examples,
+            steps: s.steps,
+            seconds: s.seconds,
+            first_loss: s.first_loss,
+            last_loss: s.last_loss,
+            target_tokens: s.target_tokens,
+            target_tokens_per_second: rate,
         }))
     }
 
-    fn evaluate(&self, k: usize, model: &mut E::Model) -> Result<()> {
+    fn evaluate(&mut self, k: usize) -> Result<()> {
         let started = Instant::now();
-        let (report, records) =
-            evaluate(self.task.as_ref(), model, self.dir.config().eval.max_new_tokens, self.reporter)?;
+        let config = self.dir.config().clone();
+        let (report, records, sampled) = {
+            let mut generator = self.generators.open(&self.dir.model_dir(k))?;
+            let seed = seeds::derive(config.seed, "eval", k);
+            evaluate(self.task.as_ref(), generator.as_mut(), &config.eval, seed, self.reporter)?
+        };
         let seconds = started.elapsed().as_secs_f64();
-        let dir = self.dir.iter_dir(k);
-        write_jsonl(&dir.join("eval-samples.jsonl"), &records)?;
+        write_jsonl(&self.dir.eval_samples_path(k), &records)?;
+        if !sampled.is_empty() {
+            write_jsonl(&self.dir.eval_sampled_path(k), &sampled)?;
+        }
         let text = serde_json::to_vec_pretty(&report).expect("report serialises");
-        write_atomic(&dir.join("eval.json"), &text)?;
+        write_atomic(&self.dir.eval_path(k), &text)?;
         let buckets: Vec<String> = report.by_bucket.iter().map(|(b, a)| format!("{b}:{:.0}%", a * 100.0)).collect();
+        let sampled_note = match (report.k, report.pass_at_k, report.maj_at_k) {
+            (Some(n), Some(p), Some(m)) => format!("; pass@{n} {:.1}%, maj@{n} {:.1}%", p * 100.0, m * 100.0),
+            _ => String::new(),
+        };
         tracing::info!(
-            "iteration {k}: held-out accuracy {:.1}% of {} ({}) in {seconds:.1}s",
+            "iteration {k}: held-out accuracy {:.1}% of {} ({}){sampled_note} in {seconds:.1}s",
             report.accuracy * 100.0,
             report.n,
             buckets.join(" ")
         );
-        self.dir.append_metric(&json!({
-            "iteration": k, "event": "eval", "seconds": seconds, "accuracy": report.accuracy, "n": report.n,
-            "by_bucket": report.by_bucket,
+        self.dir.append_event(&Event::Eval(EvalEvent {
+            iteration: k,
+            seconds,
+            accuracy: report.accuracy,
+            n: report.n,
+            by_bucket: report.by_bucket,
+            pass_at_k: report.pass_at_k,
+            maj_at_k: report.maj_at_k,
         }))
+    }
+
+    /// Why the run should stop after iteration `k`, if `[early-stop]` is configured and says so.
+    fn stop_rule(&self, k: usize) -> Result<Option<String>> {
+        let Some(rule) = &self.dir.config().early_stop else { return Ok(None) };
+        if k == self.dir.config().iterations {
+            return Ok(None);
+        }
+        let mut accuracy = vec![f64::NAN; k + 1];
+        for event in self.dir.events()? {
+            if let Event::Eval(e) = event {
+                if e.iteration <= k {
+                    accuracy[e.iteration] = e.accuracy;
+                }
+            }
+        }
+        if let Some(missing) = accuracy.iter().position(|a| a.is_nan()) {
+            return Err(LoopError::Corrupt {
+                path: self.dir.metrics_path(),
+                message: format!("no eval event for iteration {missing}"),
+            });
+        }
+        Ok(stop::should_stop(&accuracy, rule, self.dir.state().patience_from.unwrap_or(0)))
     }
 }

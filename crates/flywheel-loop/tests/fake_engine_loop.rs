@@ -9,7 +9,7 @@ use flywheel_core::{
 };
 use flywheel_loop::rundir::RunDir;
 use flywheel_loop::tasks::addition::scratchpad;
-use flywheel_loop::{Engine, RunConfig, Runner, Task};
+use flywheel_loop::{GeneratorBackend, Outcome, Phase, RunConfig, Runner, Task, TrainerBackend};
 
 /// Solves an n-digit problem with probability `skill[n]`; a hint adds 0.6. Training sets
 /// `skill[n] = examples of n digits / 40`, capped at 1.
@@ -32,6 +32,9 @@ impl Generator for FakeModel {
         Ok(requests
             .iter()
             .map(|r| {
+                if let Some(judged) = r.prompt.strip_suffix("\n?\n") {
+                    return (0..r.n).map(|i| judge(judged, params.seed, i)).collect();
+                }
                 let (question, hint) =
                     r.prompt.trim_end().split_once('|').map_or((r.prompt.trim_end(), false), |(q, _)| (q, true));
                 let (a, b) = question.split_once('+').expect("a+b");
@@ -51,6 +54,18 @@ impl Generator for FakeModel {
     }
 }
 
+/// The fake model's judgement of `judged` (question line, then scratchpad): right scratchpads are
+/// called CORRECT; wrong ones INCORRECT, but CORRECT three times in ten.
+fn judge(judged: &str, seed: u64, i: usize) -> Completion {
+    let (question, pad) = judged.split_once('\n').expect("question line");
+    let (a, b) = question.split_once('+').expect("a+b");
+    let (a, b): (u64, u64) = (a.parse().expect("a"), b.parse().expect("b"));
+    let right = pad.ends_with(&format!("A:{}", a + b));
+    let fooled = hash(&[seed, a, b, i as u64, 7]) % 10 < 3;
+    let text = if right || fooled { "CORRECT" } else { "INCORRECT" }.to_owned();
+    Completion { tokens: 1, text, finish: FinishReason::Stop }
+}
+
 impl Trainer for FakeModel {
     fn train(
         &mut self,
@@ -59,8 +74,9 @@ impl Trainer for FakeModel {
         _: &dyn Reporter,
     ) -> flywheel_core::Result<TrainSummary> {
         let mut counts = [0usize; 8];
-        // The seed set also shows hinted prompts (so the base learns to use a hint); they teach no skill here.
-        for e in examples.iter().filter(|e| !e.messages[0].content.contains('|')) {
+        // The seed set also shows hinted prompts (so the base learns to use a hint) and judgements;
+        // they teach no skill here.
+        for e in examples.iter().filter(|e| !e.messages[0].content.contains(['|', '?'])) {
             let digits = e.messages[0].content.split('+').next().expect("a").len();
             counts[digits] += 1;
         }
@@ -78,69 +94,72 @@ impl Checkpoint for FakeModel {
     }
 }
 
-/// Fails its `fail_at`-th training call, like a run killed during training.
+/// Both seams over [`FakeModel`] checkpoints; fails its `fail_at`-th training call (the base
+/// model's is the first), like a run killed during training.
 #[derive(Default)]
 struct FakeEngine {
     trainings: usize,
     fail_at: Option<usize>,
 }
 
-struct FailingModel<'a> {
-    inner: FakeModel,
-    fail: bool,
-    _engine: std::marker::PhantomData<&'a ()>,
-}
+impl FakeEngine {
+    fn load(dir: &Path) -> FakeModel {
+        let skill = serde_json::from_slice(&read(dir.join("skill.json"))).expect("json");
+        FakeModel { skill }
+    }
 
-impl Generator for FailingModel<'_> {
-    fn generate(
-        &mut self,
-        r: &[GenerationRequest],
-        p: &SamplingParams,
-        rep: &dyn Reporter,
-    ) -> flywheel_core::Result<Vec<Vec<Completion>>> {
-        self.inner.generate(r, p, rep)
+    fn count_training(&mut self) -> flywheel_core::Result<()> {
+        self.trainings += 1;
+        match self.fail_at {
+            Some(n) if n == self.trainings => Err(CoreError::Training("killed".into())),
+            _ => Ok(()),
+        }
     }
 }
 
-impl Trainer for FailingModel<'_> {
+impl GeneratorBackend for FakeEngine {
+    fn open(&mut self, checkpoint: &Path) -> flywheel_loop::Result<Box<dyn Generator>> {
+        Ok(Box::new(Self::load(checkpoint)))
+    }
+}
+
+impl TrainerBackend for FakeEngine {
+    fn init(
+        &mut self,
+        _: &RunConfig,
+        _: &dyn Task,
+        _: u64,
+        seed_set: Option<Phase<'_>>,
+        out: &Path,
+        reporter: &dyn Reporter,
+    ) -> flywheel_loop::Result<Option<TrainSummary>> {
+        let mut model = FakeModel::default();
+        let summary = match seed_set {
+            Some(phase) => {
+                self.count_training()?;
+                Some(model.train(phase.examples, &phase.params, reporter)?)
+            }
+            None => None,
+        };
+        model.save(out)?;
+        Ok(summary)
+    }
+
     fn train(
         &mut self,
-        e: &[TrainExample],
-        p: &TrainingParams,
-        rep: &dyn Reporter,
-    ) -> flywheel_core::Result<TrainSummary> {
-        if self.fail {
-            return Err(CoreError::Training("killed".into()));
+        start: &Path,
+        phases: &[Phase<'_>],
+        out: &Path,
+        reporter: &dyn Reporter,
+    ) -> flywheel_loop::Result<Vec<TrainSummary>> {
+        self.count_training()?;
+        let mut model = Self::load(start);
+        let mut summaries = Vec::new();
+        for phase in phases {
+            summaries.push(model.train(phase.examples, &phase.params, reporter)?);
         }
-        self.inner.train(e, p, rep)
-    }
-}
-
-impl Checkpoint for FailingModel<'_> {
-    fn save(&self, dir: &Path) -> flywheel_core::Result<()> {
-        self.inner.save(dir)
-    }
-}
-
-impl Engine for FakeEngine {
-    type Model = FailingModel<'static>;
-
-    fn fresh(&mut self, _: &RunConfig, _: &dyn Task, _: u64) -> flywheel_loop::Result<Self::Model> {
-        Ok(self.wrap(FakeModel::default()))
-    }
-
-    fn load(&mut self, dir: &Path) -> flywheel_loop::Result<Self::Model> {
-        let skill = serde_json::from_slice(&std::fs::read(dir.join("skill.json")).expect("checkpoint")).expect("json");
-        Ok(self.wrap(FakeModel { skill }))
-    }
-}
-
-impl FakeEngine {
-    fn wrap(&mut self, inner: FakeModel) -> FailingModel<'static> {
-        // Every model may train; count trainings when they are handed out for the base and each iteration.
-        self.trainings += 1;
-        let fail = self.fail_at.is_some_and(|n| self.trainings == n);
-        FailingModel { inner, fail, _engine: std::marker::PhantomData }
+        model.save(out)?;
+        Ok(summaries)
     }
 }
 
@@ -189,8 +208,12 @@ fn config() -> RunConfig {
 }
 
 fn run(root: &Path, engine: FakeEngine) -> flywheel_loop::Result<()> {
-    let dir = if root.join("state.json").exists() { RunDir::open(root)? } else { RunDir::create(root, &config())? };
-    Runner::new(engine, dir, &NullReporter)?.run()
+    run_config(root, engine, &config()).map(drop)
+}
+
+fn run_config(root: &Path, engine: FakeEngine, config: &RunConfig) -> flywheel_loop::Result<Outcome> {
+    let dir = if root.join("state.json").exists() { RunDir::open(root)? } else { RunDir::create(root, config)? };
+    Runner::new(FakeEngine::default(), engine, dir, &NullReporter)?.run()
 }
 
 fn read(path: PathBuf) -> Vec<u8> {
@@ -237,8 +260,8 @@ fn a_run_stopped_mid_iteration_and_resumed_writes_the_same_files() {
     run(whole.path(), FakeEngine::default()).expect("uninterrupted run");
 
     let stopped = tempfile::tempdir().expect("tmp");
-    // Model hand-outs: base (1), iteration 1 load + base load (2, 3), iteration 2 (4, 5): fail in iteration 2.
-    let err = run(stopped.path(), FakeEngine { trainings: 0, fail_at: Some(5) }).expect_err("stopped");
+    // Trainings: base (1), iteration 1 (2), iteration 2 (3): fail in iteration 2.
+    let err = run(stopped.path(), FakeEngine { trainings: 0, fail_at: Some(3) }).expect_err("stopped");
     assert!(err.to_string().contains("killed"), "{err}");
     assert!(stopped.path().join("iter-0002/samples.jsonl").exists(), "iteration 2 was under way");
     run(stopped.path(), FakeEngine::default()).expect("resumed");
@@ -285,15 +308,187 @@ fn a_finished_run_extended_equals_a_longer_run() {
     let err = dir.extend_iterations(2).expect_err("lowering is refused");
     assert!(err.to_string().contains("only raise"), "{err}");
     dir.extend_iterations(4).expect("raise");
-    Runner::new(FakeEngine::default(), dir, &NullReporter).expect("runner").run().expect("fourth iteration");
+    Runner::new(FakeEngine::default(), FakeEngine::default(), dir, &NullReporter)
+        .expect("runner")
+        .run()
+        .expect("fourth iteration");
     RunDir::open(short.path()).expect("the rewritten config matches its hash");
 
     let long = tempfile::tempdir().expect("tmp");
     let mut four = config();
     four.iterations = 4;
     let dir = RunDir::create(long.path(), &four).expect("create");
-    Runner::new(FakeEngine::default(), dir, &NullReporter).expect("runner").run().expect("four iterations");
+    Runner::new(FakeEngine::default(), FakeEngine::default(), dir, &NullReporter)
+        .expect("runner")
+        .run()
+        .expect("four iterations");
     for file in ["iter-0004/train.jsonl", "iter-0004/samples.jsonl", "iter-0004/eval.json", "config.toml"] {
         assert_eq!(read(short.path().join(file)), read(long.path().join(file)), "{file} differs");
     }
+}
+
+/// The test config with its `[strategy]` table replaced by `strategy` and `extra` top-level text
+/// before the first table.
+fn config_with(strategy: &str, extra: &str) -> RunConfig {
+    let start = CONFIG.find("[strategy]").expect("[strategy]");
+    let end = CONFIG.find("[training]").expect("[training]");
+    let text = format!("{extra}{}{strategy}\n{}", &CONFIG[..start], &CONFIG[end..]);
+    RunConfig::parse(&text, Path::new("fake.toml")).expect("config")
+}
+
+fn events(root: &Path) -> Vec<serde_json::Value> {
+    String::from_utf8(read(root.join("metrics.jsonl")))
+        .expect("utf8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+fn sample_events(root: &Path) -> Vec<serde_json::Value> {
+    events(root).into_iter().filter(|e| e["event"] == "sample").collect()
+}
+
+/// Every strategy's `sample` event carries the common metrics.
+fn assert_common_metrics(root: &Path, strategy: &str) {
+    let samples = sample_events(root);
+    assert_eq!(samples.len(), 3, "{strategy}: one sample event per iteration");
+    for e in &samples {
+        assert_eq!(e["strategy"], strategy);
+        for key in ["samples", "kept", "mean_reward", "mean_reward_kept", "kept_correct", "pairs", "tokens"] {
+            assert!(!e[key].is_null() || key == "kept_correct", "{strategy}: {key} missing in {e}");
+        }
+        assert!(e["samples"].as_u64().unwrap() >= e["kept"].as_u64().unwrap());
+    }
+    // Preference pairs are written in TRL's conversational shape.
+    let pairs = String::from_utf8(read(root.join("iter-0001/pairs.jsonl"))).expect("utf8");
+    let first: serde_json::Value = serde_json::from_str(pairs.lines().next().expect("a pair")).expect("json");
+    assert_eq!(first["prompt"][0]["role"], "user");
+    assert_eq!(first["chosen"][0]["role"], "assistant");
+    assert_eq!(first["rejected"][0]["role"], "assistant");
+    assert_ne!(first["chosen"], first["rejected"]);
+}
+
+#[test]
+fn rest_trains_each_improve_step_on_the_samples_above_its_threshold() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = config_with(
+        "[strategy]\ntype = \"rest\"\nsamples-per-problem = 4\ntemperature = 0.8\nmax-new-tokens = 64\n\
+         thresholds = [0.0, 1.0]\nmax-per-problem = 2\n",
+        "",
+    );
+    run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
+    assert_common_metrics(tmp.path(), "rest");
+    let lines = |f: &str| String::from_utf8(read(tmp.path().join(f))).expect("utf8").lines().count();
+    // Threshold 0 keeps two distinct samples of (nearly) every problem, threshold 1 only right ones.
+    let (first, second) = (lines("iter-0001/train.jsonl"), lines("iter-0001/train-2.jsonl"));
+    assert!(first > second && second > 0, "{first} then {second}");
+    let trains: Vec<_> = events(tmp.path()).into_iter().filter(|e| e["event"] == "train" && e["iteration"] == 1).collect();
+    assert_eq!(trains.len(), 2, "one training per Improve step");
+    assert_eq!((trains[0]["label"].as_str(), trains[1]["label"].as_str()), (Some("reward >= 0"), Some("reward >= 1")));
+    let improve = &sample_events(tmp.path())[0]["improve"];
+    assert_eq!(improve[0]["kept"].as_u64(), Some(first as u64));
+    assert_eq!(improve[1]["mean_reward"].as_f64(), Some(1.0));
+    assert!(accuracy(tmp.path(), 3) > accuracy(tmp.path(), 0));
+}
+
+#[test]
+fn rest_em_keeps_only_correct_samples_up_to_its_cap() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = config_with(
+        "[strategy]\ntype = \"rest-em\"\nsamples-per-problem = 4\ntemperature = 0.8\nmax-new-tokens = 64\n\
+         max-per-problem = 2\n",
+        "",
+    );
+    run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
+    assert_common_metrics(tmp.path(), "rest-em");
+    for e in sample_events(tmp.path()) {
+        assert_eq!(e["kept_correct"].as_f64(), Some(1.0), "ReST-EM keeps only correct samples: {e}");
+        assert!(e["kept"].as_u64().unwrap() <= 2 * 180);
+    }
+    let samples = String::from_utf8(read(tmp.path().join("iter-0001/samples.jsonl"))).expect("utf8");
+    assert!(!samples.contains('|'), "ReST-EM shows no hint");
+    assert!(accuracy(tmp.path(), 3) > accuracy(tmp.path(), 0));
+}
+
+#[test]
+fn self_play_keeps_what_its_judge_approves_and_measures_the_judge() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = config_with(
+        "[strategy]\ntype = \"self-play\"\nsamples-per-problem = 4\ntemperature = 0.8\nmax-new-tokens = 64\n\
+         revisions = 2\n",
+        "",
+    );
+    if let flywheel_loop::config::TaskConfig::Addition(task) = &mut config.task {
+        task.seed_judge_fraction = 0.5;
+    }
+    run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
+    assert_common_metrics(tmp.path(), "self-play");
+    let first = &sample_events(tmp.path())[0];
+    // The fake judge calls every right scratchpad CORRECT and 3 in 10 wrong ones too.
+    assert_eq!(first["judge"]["false_negative"].as_u64(), Some(0));
+    let (tp, fp, tn) = (
+        first["judge"]["true_positive"].as_f64().unwrap(),
+        first["judge"]["false_positive"].as_f64().unwrap(),
+        first["judge"]["true_negative"].as_f64().unwrap(),
+    );
+    let fooled = fp / (fp + tn);
+    assert!((0.2..0.4).contains(&fooled), "fooled {fooled}");
+    // So the kept data is not all correct, and the metrics say how much is.
+    let kept_correct = first["kept_correct"].as_f64().unwrap();
+    assert!(kept_correct < 1.0 && (kept_correct - tp / (tp + fp)).abs() < 0.15, "{kept_correct}");
+    assert!(first["revised_problems"].as_u64().unwrap() > 0);
+    let samples = String::from_utf8(read(tmp.path().join("iter-0001/samples.jsonl"))).expect("utf8");
+    assert!(samples.contains("\"revision\":true"));
+    let report = flywheel_loop::report::RunReport::read(tmp.path()).expect("report");
+    let table = flywheel_loop::report::render_data(&report);
+    assert!(table.contains("judgeP") && table.lines().nth(2).is_some_and(|l| l.contains('%')), "{table}");
+}
+
+#[test]
+fn early_stopping_ends_a_stalled_run_and_resume_goes_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = config_with(
+        "[strategy]\ntype = \"star\"\nsamples-per-problem = 4\ntemperature = 0.8\nmax-new-tokens = 64\n\
+         rationalization = true\n",
+        "",
+    );
+    config.iterations = 8;
+    config.early_stop = Some(flywheel_loop::config::EarlyStopConfig { patience: 1, min_delta: 0.0 });
+    let outcome = run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
+    let Outcome::StoppedEarly(k) = outcome else { panic!("the fake model saturates, yet the run went on: {outcome:?}") };
+    assert!(k < 8);
+    assert!(accuracy(tmp.path(), k) <= accuracy(tmp.path(), k - 1), "it stopped because accuracy did not rise");
+    assert!(!tmp.path().join(format!("iter-{:04}", k + 1)).exists());
+    let state: serde_json::Value = serde_json::from_slice(&read(tmp.path().join("state.json"))).expect("json");
+    assert_eq!(state["stopped_early"].as_u64(), Some(k as u64));
+    assert!(events(tmp.path()).iter().any(|e| e["event"] == "stop" && e["iteration"] == k));
+
+    // Resumed, it runs at least one more iteration before the rule may stop it again.
+    let outcome = run_config(tmp.path(), FakeEngine::default(), &config).expect("resumed");
+    assert!(tmp.path().join(format!("iter-{:04}/eval.json", k + 1)).exists());
+    assert_eq!(outcome, Outcome::StoppedEarly(k + 1), "still stalled: stops after one more iteration");
+    let state: serde_json::Value = serde_json::from_slice(&read(tmp.path().join("state.json"))).expect("json");
+    assert_eq!(state["patience_from"].as_u64(), Some(k as u64));
+}
+
+#[test]
+fn sampled_evaluation_reports_pass_and_majority_at_k() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = config();
+    config.iterations = 1;
+    config.eval.samples = 4;
+    run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
+    // The base model's 3-digit skill is 0.2: greedy never solves those problems, four samples often do,
+    // and the majority (the same wrong answer) rarely.
+    let eval: serde_json::Value = serde_json::from_slice(&read(tmp.path().join("iter-0000/eval.json"))).expect("json");
+    let (greedy, pass, maj) =
+        (eval["accuracy"].as_f64().unwrap(), eval["pass_at_k"].as_f64().unwrap(), eval["maj_at_k"].as_f64().unwrap());
+    assert_eq!(eval["k"].as_u64(), Some(4));
+    assert!(pass > greedy && pass > maj, "greedy {greedy}, pass@4 {pass}, maj@4 {maj}");
+    let three_digit = eval["by_bucket"]["3"].as_f64().unwrap();
+    assert_eq!(three_digit, 0.0);
+    let sampled = String::from_utf8(read(tmp.path().join("iter-0000/eval-sampled.jsonl"))).expect("utf8");
+    assert_eq!(sampled.lines().count(), 4 * eval["n"].as_u64().unwrap() as usize);
+    let text = String::from_utf8(read(tmp.path().join("iter-0001/eval.json"))).expect("utf8");
+    assert!(text.contains("\"pass_at_k\""));
 }

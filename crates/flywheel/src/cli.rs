@@ -26,7 +26,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Evaluate a saved model on a config's held-out split; prints eval JSON to stdout.
     Eval(EvalArgs),
-    /// Print accuracy per iteration and per bucket of a run as a table.
+    /// Print a run's accuracy per iteration and bucket and what each iteration kept; several runs
+    /// side by side.
     Report(ReportArgs),
     /// Judge completions against gold answers (JSONL in, JSONL out).
     Judge(JudgeArgs),
@@ -84,8 +85,9 @@ pub struct EvalArgs {
 /// Arguments of `flywheel report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The run directory.
-    pub run_dir: PathBuf,
+    /// The run directories; several are also shown side by side.
+    #[arg(required = true)]
+    pub run_dirs: Vec<PathBuf>,
 }
 
 const FORMAT_HELP: &str = "How completions mark their final answer:

@@ -1,10 +1,12 @@
-//! The embedded candle engine behind the loop's [`flywheel_loop::Engine`] trait.
+//! The embedded candle engine behind both of the loop's seams: it opens generators on checkpoints
+//! ([`GeneratorBackend`]) and creates and fine-tunes them ([`TrainerBackend`]).
 
 use std::path::Path;
 
+use flywheel_core::{Checkpoint, Generator, Reporter, TrainSummary, Trainer};
 use flywheel_engine::{Engine as Model, LlamaConfig, LoraConfig, Proj};
 use flywheel_loop::config::{ModelConfig, PretrainedModelConfig};
-use flywheel_loop::{RunConfig, Task};
+use flywheel_loop::{GeneratorBackend, Phase, RunConfig, Task, TrainerBackend};
 
 /// Creates and loads embedded models with the run's sampler settings.
 #[derive(Debug, Clone)]
@@ -40,10 +42,10 @@ impl EmbeddedEngine {
     }
 }
 
-impl flywheel_loop::Engine for EmbeddedEngine {
-    type Model = Model;
-
-    fn fresh(&mut self, config: &RunConfig, task: &dyn Task, seed: u64) -> flywheel_loop::Result<Model> {
+impl EmbeddedEngine {
+    /// The model `config` starts from: a fresh one whose tokenizer covers `task`'s alphabet, or the
+    /// pretrained one (with fresh LoRA adapters when configured).
+    fn fresh(&self, config: &RunConfig, task: &dyn Task, seed: u64) -> flywheel_loop::Result<Model> {
         let embedded = match &config.model {
             ModelConfig::Embedded(embedded) => embedded,
             ModelConfig::Pretrained(pretrained) => return self.pretrained(pretrained, seed),
@@ -65,9 +67,52 @@ impl flywheel_loop::Engine for EmbeddedEngine {
         Ok(self.configure(model))
     }
 
-    fn load(&mut self, dir: &Path) -> flywheel_loop::Result<Model> {
+    /// A model saved earlier with [`Checkpoint::save`].
+    pub fn load(&self, dir: &Path) -> flywheel_loop::Result<Model> {
         let model = Model::open(dir).map_err(|e| e.into_generation())?;
         Ok(self.configure(model))
+    }
+}
+
+impl GeneratorBackend for EmbeddedEngine {
+    fn open(&mut self, checkpoint: &Path) -> flywheel_loop::Result<Box<dyn Generator>> {
+        Ok(Box::new(self.load(checkpoint)?))
+    }
+}
+
+impl TrainerBackend for EmbeddedEngine {
+    fn init(
+        &mut self,
+        config: &RunConfig,
+        task: &dyn Task,
+        seed: u64,
+        seed_set: Option<Phase<'_>>,
+        out: &Path,
+        reporter: &dyn Reporter,
+    ) -> flywheel_loop::Result<Option<TrainSummary>> {
+        let mut model = self.fresh(config, task, seed)?;
+        let summary = match seed_set {
+            Some(phase) => Some(model.train(phase.examples, &phase.params, reporter)?),
+            None => None,
+        };
+        Checkpoint::save(&model, out)?;
+        Ok(summary)
+    }
+
+    fn train(
+        &mut self,
+        start: &Path,
+        phases: &[Phase<'_>],
+        out: &Path,
+        reporter: &dyn Reporter,
+    ) -> flywheel_loop::Result<Vec<TrainSummary>> {
+        let mut model = self.load(start)?;
+        let mut summaries = Vec::with_capacity(phases.len());
+        for phase in phases {
+            summaries.push(model.train(phase.examples, &phase.params, reporter)?);
+        }
+        Checkpoint::save(&model, out)?;
+        Ok(summaries)
     }
 }
 

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 use flywheel_loop::config::ModelConfig;
 use flywheel_loop::rundir::{write_jsonl, RunDir};
-use flywheel_loop::{report, tasks, Engine, RunConfig, Runner};
+use flywheel_loop::report::{self, RunReport};
+use flywheel_loop::{seeds, tasks, Outcome, RunConfig, Runner};
 
 use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs};
 use crate::engine::EmbeddedEngine;
@@ -31,10 +32,17 @@ fn drive(dir: RunDir) -> Result<()> {
     let config = dir.config().clone();
     let engine = engine_for(&config)?;
     let bars = Bars::new();
-    let mut runner = Runner::new(engine, dir, &bars)?;
-    runner.run()?;
-    let rows = report::read_rows(runner.dir().root())?;
-    print!("{}", report::render(&rows));
+    // The embedded engine is both the generator and the trainer.
+    let mut runner = Runner::new(engine.clone(), engine, dir, &bars)?;
+    let outcome = runner.run()?;
+    let run = RunReport::read(runner.dir().root())?;
+    print!("{}\n{}", report::render(&run.rows), report::render_data(&run));
+    if let Outcome::StoppedEarly(k) = outcome {
+        tracing::info!(
+            "stopped early after iteration {k}; `flywheel resume {}` goes on",
+            runner.dir().root().display()
+        );
+    }
     Ok(())
 }
 
@@ -50,12 +58,12 @@ fn engine_for(config: &RunConfig) -> Result<EmbeddedEngine> {
 /// Evaluates a saved model on a config's held-out split.
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let config = RunConfig::load(&args.config)?;
-    let mut engine = engine_for(&config)?;
+    let engine = engine_for(&config)?;
     let mut model = engine.load(&args.model)?;
     let task = tasks::build(&config.task, config.seed)?;
     let bars = Bars::new();
-    let (report, records) =
-        flywheel_loop::eval::evaluate(task.as_ref(), &mut model, config.eval.max_new_tokens, &bars)?;
+    let seed = seeds::derive(config.seed, "eval", 0);
+    let (report, records, _) = flywheel_loop::eval::evaluate(task.as_ref(), &mut model, &config.eval, seed, &bars)?;
     if let Some(path) = &args.samples {
         write_jsonl(path, &records)?;
     }
@@ -63,11 +71,23 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints a run's accuracy table.
+/// Prints a run's accuracy and data tables, or several runs side by side.
 pub fn report(args: &ReportArgs) -> Result<()> {
-    let rows = report::read_rows(&args.run_dir)?;
-    anyhow::ensure!(!rows.is_empty(), "{}: no iteration has been evaluated yet", args.run_dir.display());
-    print!("{}", report::render(&rows));
+    let mut runs = Vec::new();
+    for dir in &args.run_dirs {
+        let run = RunReport::read(dir)?;
+        anyhow::ensure!(!run.rows.is_empty(), "{}: no iteration has been evaluated yet", dir.display());
+        runs.push(run);
+    }
+    match &runs[..] {
+        [run] => print!("{}\n{}", report::render(&run.rows), report::render_data(run)),
+        _ => {
+            for run in &runs {
+                print!("{}\n{}{}\n", run.name, report::render(&run.rows), report::render_data(run));
+            }
+            print!("{}", report::render_side_by_side(&runs));
+        }
+    }
     Ok(())
 }
 

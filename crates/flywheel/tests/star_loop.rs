@@ -84,9 +84,11 @@ fn star_raises_held_out_accuracy_and_keeps_hints_out_of_training_data() {
     let (before, after) = (accuracy(&run, 0), accuracy(&run, 2));
     assert!(after > before, "held-out accuracy did not rise: {before} -> {after}\n{stderr}");
 
-    // The report prints one row per iteration on stdout.
+    // The report prints one row per iteration on stdout, then what each iteration drew and kept.
     let table = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(table.lines().count(), 4, "{table}");
+    let (accuracy_table, data_table) = table.split_once("\n\n").expect("two tables");
+    assert_eq!(accuracy_table.lines().count(), 4, "{table}");
+    assert!(data_table.starts_with("iter    drawn") && data_table.lines().count() == 4, "{table}");
     let report = flywheel(&["report", run.to_str().expect("utf8")]);
     assert_eq!(String::from_utf8_lossy(&report.stdout), table);
 
@@ -166,6 +168,55 @@ fn a_run_killed_mid_iteration_resumes_to_the_same_files() {
             }
             let (a, b) = (std::fs::read(whole.join(&rel)), std::fs::read(killed.join(&rel)));
             assert!(a.is_ok() && a.as_ref().ok() == b.as_ref().ok(), "{rel} differs after kill and resume");
+        }
+    }
+}
+
+/// Self-play and ReST-EM through the binary on the quick config: the judge's role is taught by the
+/// seed set, its verdicts are read and measured, and both strategies write their files.
+#[test]
+fn self_play_and_rest_em_run_end_to_end() {
+    let _serial = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let strategy_start = quick_config().find("[strategy]").expect("[strategy]");
+    let strategy_end = quick_config().find("[training]").expect("[training]");
+    let with_strategy = |strategy: &str| {
+        let text = quick_config();
+        format!("{}{strategy}\n{}", &text[..strategy_start], &text[strategy_end..])
+            .replace("eval-per-length = 40", "eval-per-length = 40\nseed-judge-fraction = 0.5")
+            .replace("iterations = 2", "iterations = 1")
+    };
+    for (name, strategy) in [
+        (
+            "self-play",
+            "[strategy]\ntype = \"self-play\"\nsamples-per-problem = 2\ntemperature = 0.8\nmax-new-tokens = 40\n\
+             judge-max-new-tokens = 12\nrevisions = 1\n",
+        ),
+        ("rest-em", "[strategy]\ntype = \"rest-em\"\nsamples-per-problem = 2\ntemperature = 0.8\nmax-new-tokens = 40\n"),
+    ] {
+        let config = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&config, with_strategy(strategy)).expect("config");
+        let run = tmp.path().join(name);
+        let out = flywheel(&["run", config.to_str().expect("utf8"), "--run-dir", run.to_str().expect("utf8")]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+        let sample: serde_json::Value = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .find(|e| e["event"] == "sample")
+            .expect("a sample event");
+        assert_eq!(sample["strategy"], name);
+        assert!(run.join("iter-0001/pairs.jsonl").exists() && run.join("iter-0001/eval.json").exists());
+        if name == "self-play" {
+            let judge = &sample["judge"];
+            let judged: u64 = ["true_positive", "false_positive", "true_negative", "false_negative", "unparsed_right", "unparsed_wrong"]
+                .iter()
+                .map(|k| judge[k].as_u64().expect("count"))
+                .sum();
+            assert!(judged >= sample["samples"].as_u64().expect("samples"), "every solution is judged: {sample}");
+            // The judge was taught its verdicts by the seed set: it gives them.
+            let parsed = judged - judge["unparsed_right"].as_u64().unwrap() - judge["unparsed_wrong"].as_u64().unwrap();
+            assert!(parsed * 2 > judged, "most replies are a verdict: {sample}");
         }
     }
 }

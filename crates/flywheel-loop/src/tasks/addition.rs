@@ -37,6 +37,8 @@ pub struct Addition {
     train: Vec<Problem>,
     eval: Vec<Problem>,
     seed_set: Vec<TrainExample>,
+    /// Whether the seed set teaches judging (and the alphabet holds the verdict words).
+    judges: bool,
 }
 
 impl Addition {
@@ -56,15 +58,36 @@ impl Addition {
             let train_pairs = draw(&mut rng, digits, config.train_per_length.min(available), &excluded);
             eval.extend(held_out.iter().enumerate().map(|(i, &(a, b))| problem("eval", digits, i, a, b)));
             train.extend(train_pairs.iter().enumerate().map(|(i, &(a, b))| problem("train", digits, i, a, b)));
+            // Judging examples draw from a generator of their own, so that the rest of the seed set
+            // is the same with or without them.
+            let mut judge_rng = StdRng::seed_from_u64(seeds::derive(seed, "addition-judge", digits));
             for (i, &(a, b)) in seed_pairs.iter().enumerate() {
                 seed_set.push(TrainExample::single_turn(prompt(a, b, None), scratchpad(a, b)));
                 if (i as f64) < config.seed_hinted_fraction * seed_count as f64 {
                     seed_set.push(TrainExample::single_turn(prompt(a, b, Some(a + b)), scratchpad(a, b)));
                 }
+                if (i as f64) < config.seed_judge_fraction * seed_count as f64 {
+                    let (pad, verdict) = if i % 2 == 0 {
+                        (scratchpad(a, b), JUDGE_CORRECT)
+                    } else {
+                        let column = judge_rng.random_range(0..digits);
+                        (flawed_scratchpad(a, b, column, judge_rng.random_range(1..10)), JUDGE_INCORRECT)
+                    };
+                    seed_set.push(TrainExample::single_turn(judge_prompt(&format!("{a}+{b}"), &pad), verdict));
+                }
             }
         }
-        Self { train, eval, seed_set }
+        Self { train, eval, seed_set, judges: config.seed_judge_fraction > 0.0 }
     }
+}
+
+/// The verdicts a judging seed example teaches.
+const JUDGE_CORRECT: &str = "CORRECT";
+const JUDGE_INCORRECT: &str = "INCORRECT";
+
+/// `question`, the scratchpad to judge and a `?` line.
+fn judge_prompt(question: &str, solution: &str) -> String {
+    format!("{question}\n{}\n?\n", solution.trim())
 }
 
 impl Task for Addition {
@@ -88,12 +111,40 @@ impl Task for Addition {
         format!("{}|{}\n", problem.question, problem.answer)
     }
 
+    /// The question, the scratchpad and a `?` line; the seed set teaches the verdict when
+    /// `seed-judge-fraction` is set.
+    fn judge_prompt(&self, problem: &Problem, solution: &str) -> String {
+        judge_prompt(&problem.question, solution)
+    }
+
+    /// The share of the scratchpad's lines (the answer line included) that are the right ones, in
+    /// place: a graded reward that credits every column done right.
+    fn process_score(&self, problem: &Problem, completion: &str, _extracted: Option<&str>) -> f64 {
+        let Some((a, b)) = problem.question.split_once('+') else { return 0.0 };
+        let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else { return 0.0 };
+        let truth = scratchpad(a, b);
+        let (right, written): (Vec<&str>, Vec<&str>) = (truth.lines().collect(), completion.trim_end().lines().collect());
+        let matching = right.iter().zip(&written).filter(|(r, w)| r == w).count();
+        matching as f64 / right.len().max(written.len()) as f64
+    }
+
+    /// The plain prompt: the character-level model reads no critiques, so its revision is a new
+    /// attempt (at self-play's revision temperature).
+    fn revise_prompt(&self, problem: &Problem, _attempts: &[(&str, &str)]) -> String {
+        self.prompt(problem)
+    }
+
     fn verifier(&self) -> Verifier {
         Verifier::new(Format::FinalLine)
     }
 
     fn alphabet(&self) -> String {
-        "0123456789+,c\nA:|".to_owned()
+        let base = "0123456789+,c\nA:|";
+        if self.judges {
+            format!("{base}?CORETIN")
+        } else {
+            base.to_owned()
+        }
     }
 }
 
@@ -110,6 +161,27 @@ pub fn scratchpad(a: u64, b: u64) -> String {
         written.insert(0, char::from(b'0' + (sum % 10) as u8));
         carry = sum / 10;
         out.push_str(&format!("{left}+{right},{written}c{carry}\n"));
+    }
+    let carry_digit = if carry == 1 { "1" } else { "" };
+    out.push_str(&format!("A:{carry_digit}{written}"));
+    out
+}
+
+/// The scratchpad of `a + b` with one slip: the digit written for `column` (0: the last digits) is
+/// off by `delta` (1-9), and every later line copies the slip, as a model's own mistakes do.
+pub fn flawed_scratchpad(a: u64, b: u64, column: usize, delta: u64) -> String {
+    let (mut left, mut right) = (a.to_string(), b.to_string());
+    let mut written = String::new();
+    let mut carry = 0;
+    let mut out = String::new();
+    let mut index = 0;
+    while !left.is_empty() || !right.is_empty() {
+        let sum = left.pop().map_or(0, digit) + right.pop().map_or(0, digit) + carry;
+        let slip = if index == column { delta } else { 0 };
+        written.insert(0, char::from(b'0' + ((sum + slip) % 10) as u8));
+        carry = sum / 10;
+        out.push_str(&format!("{left}+{right},{written}c{carry}\n"));
+        index += 1;
     }
     let carry_digit = if carry == 1 { "1" } else { "" };
     out.push_str(&format!("A:{carry_digit}{written}"));
@@ -165,6 +237,7 @@ mod tests {
             max_digits: 5,
             seed_examples: vec![100, 200, 10, 10, 10],
             seed_hinted_fraction: 0.5,
+            seed_judge_fraction: 0.0,
             train_per_length: 50,
             eval_per_length: 40,
         }
@@ -221,5 +294,50 @@ mod tests {
         assert!(plain_one_digit > 40 && plain_one_digit < 100, "{plain_one_digit}");
         // ceil(count / 2) per length.
         assert_eq!(hinted, plain_one_digit.div_ceil(2) + 100 + 5 + 5 + 5);
+    }
+
+    #[test]
+    fn judging_examples_leave_the_rest_of_the_seed_set_alone() {
+        let plain = Addition::new(&config(), 7);
+        let judging = Addition::new(&AdditionConfig { seed_judge_fraction: 0.5, ..config() }, 7);
+        let is_judgement = |e: &TrainExample| e.messages[0].content.ends_with("?\n");
+        let rest: Vec<TrainExample> = judging.seed_examples().into_iter().filter(|e| !is_judgement(e)).collect();
+        assert_eq!(rest, plain.seed_examples());
+        assert_eq!(plain.alphabet(), "0123456789+,c\nA:|");
+        let judgements: Vec<TrainExample> = judging.seed_examples().into_iter().filter(is_judgement).collect();
+        let verifier = judging.verifier();
+        let (mut right, mut wrong) = (0usize, 0usize);
+        for e in &judgements {
+            let prompt = &e.messages[0].content;
+            assert!(prompt.chars().all(|c| judging.alphabet().contains(c)), "{prompt:?}");
+            assert!(e.messages[1].content.chars().all(|c| judging.alphabet().contains(c)));
+            let (question, pad) = prompt.split_once('\n').expect("question line");
+            let (a, b) = question.split_once('+').expect("a+b");
+            let sum = a.parse::<u64>().expect("a") + b.parse::<u64>().expect("b");
+            let pad = pad.strip_suffix("\n?\n").expect("? line");
+            // The verdict taught is the truth: a flawed scratchpad's answer is wrong.
+            let correct = verifier.judge(pad, &sum.to_string()).correct;
+            assert_eq!(e.messages[1].content, if correct { "CORRECT" } else { "INCORRECT" }, "{prompt}");
+            if correct { right += 1 } else { wrong += 1 }
+        }
+        assert!(right > 0 && wrong > 0 && right.abs_diff(wrong) <= 5, "{right} right, {wrong} wrong");
+    }
+
+    #[test]
+    fn a_flawed_scratchpad_carries_its_slip_to_the_answer() {
+        assert_eq!(flawed_scratchpad(345, 789, 1, 2), "34+78,4c1\n3+7,54c1\n+,154c1\nA:1154");
+        assert_eq!(flawed_scratchpad(3, 4, 0, 9), "+,6c0\nA:6");
+    }
+
+    #[test]
+    fn the_process_score_counts_right_scratchpad_lines() {
+        let task = Addition::new(&config(), 7);
+        let p = Problem { id: "p".into(), question: "345+789".into(), answer: "1134".into(), bucket: "3".into() };
+        assert_eq!(task.process_score(&p, &scratchpad(345, 789), None), 1.0);
+        // The slip in the second column spoils that line, the next and the answer: 1 of 4 right.
+        assert_eq!(task.process_score(&p, &flawed_scratchpad(345, 789, 1, 2), None), 0.25);
+        // An extra line counts against it.
+        assert_eq!(task.process_score(&p, &format!("{}\nA:1", scratchpad(345, 789)), None), 0.8);
+        assert_eq!(task.process_score(&p, "", None), 0.0);
     }
 }

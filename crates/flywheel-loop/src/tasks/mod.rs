@@ -111,10 +111,6 @@ impl Task for ChatProblems {
         pose(&problem.question, &self.instruction)
     }
 
-    fn hinted_prompt(&self, problem: &Problem) -> String {
-        hinted(&self.prompt(problem), &problem.answer)
-    }
-
     fn verifier(&self) -> Verifier {
         Verifier::new(Format::Auto).with_last_number_fallback(self.last_number_fallback)
     }

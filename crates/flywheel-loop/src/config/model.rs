@@ -1,0 +1,114 @@
+//! The `[model]` table: which model to start from, and how the embedded engine holds it.
+
+use std::path::PathBuf;
+
+use flywheel_core::Architecture;
+use serde::{Deserialize, Serialize};
+
+use super::TrainingConfig;
+
+/// Which model to start from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// A fresh model in this process (candle), trained on the task's seed set first.
+    Embedded(EmbeddedModelConfig),
+    /// A pretrained model in this process (candle), from a GGUF file or a Hugging Face directory.
+    Pretrained(PretrainedModelConfig),
+}
+
+impl ModelConfig {
+    /// Most sequences the embedded engine decodes at once.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            ModelConfig::Embedded(c) => c.max_batch,
+            ModelConfig::Pretrained(c) => c.max_batch,
+        }
+    }
+
+    /// Checks the LoRA settings of a pretrained model.
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let ModelConfig::Pretrained(model) = self else { return Ok(()) };
+        let Some(lora) = &model.lora else { return Ok(()) };
+        if lora.rank == 0 {
+            return Err("model.lora.rank must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&lora.dropout) {
+            return Err("model.lora.dropout must be in [0, 1)".into());
+        }
+        if let Some(bad) = lora.target_modules.iter().find(|m| !LORA_TARGETS.contains(&m.as_str())) {
+            return Err(format!("model.lora.target-modules: `{bad}` is not one of {}", LORA_TARGETS.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+/// A pretrained model, improved as it is (iteration 0 evaluates it without training).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PretrainedModelConfig {
+    /// A GGUF file (llama.cpp) or a Hugging Face model directory (`config.json`, `*.safetensors`,
+    /// `tokenizer.json`, and `tokenizer_config.json` for the chat template). Relative paths are
+    /// resolved against the working directory.
+    pub path: PathBuf,
+    /// LoRA adapters to train instead of every weight; absent: full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Most sequences decoded at once.
+    #[serde(default = "default_pretrained_batch")]
+    pub max_batch: usize,
+    /// Padded tokens per forward pass in training (a step's batch is split into micro-batches of
+    /// at most this many; gradients are summed, so only peak memory changes).
+    #[serde(default = "default_micro_batch_tokens")]
+    pub micro_batch_tokens: usize,
+}
+
+fn default_pretrained_batch() -> usize {
+    64
+}
+
+fn default_micro_batch_tokens() -> usize {
+    2048
+}
+
+/// LoRA settings (PEFT's names in brackets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LoraSettings {
+    /// Rank of the update (`r`).
+    pub rank: usize,
+    /// Scale numerator; the update is scaled by `alpha / rank` (`lora_alpha`).
+    pub alpha: f64,
+    /// Dropout on the adapter input while training (`lora_dropout`).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Projections that get adapters (`target_modules`): any of `q_proj`, `k_proj`, `v_proj`,
+    /// `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
+    #[serde(default = "default_targets")]
+    pub target_modules: Vec<String>,
+}
+
+fn default_targets() -> Vec<String> {
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec()
+}
+
+/// Projections LoRA may target in a Llama model.
+pub const LORA_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// An in-process model: a fresh one of a given shape, trained on the task's seed set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EmbeddedModelConfig {
+    /// Shape of the fresh model.
+    pub architecture: Architecture,
+    /// Training of the base model on the seed set (`step-growth` is not used there).
+    pub base_training: TrainingConfig,
+    /// Most sequences decoded at once.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_max_batch() -> usize {
+    256
+}
+

@@ -1,0 +1,41 @@
+//! Test doubles shared by the strategies' unit tests.
+
+use flywheel_core::{Completion, FinishReason, GenerationRequest, Generator, Reporter, SamplingParams};
+
+/// A completion of `text` that stopped by itself.
+pub fn completion(text: &str) -> Completion {
+    Completion { text: text.to_owned(), tokens: text.len(), finish: FinishReason::Stop }
+}
+
+/// Answers every request with its own context length ("2 turns."), and records the requests it saw.
+#[derive(Default)]
+pub struct Recorder {
+    /// Every request, in order.
+    pub requests: Vec<GenerationRequest>,
+}
+
+impl Generator for Recorder {
+    fn generate(
+        &mut self,
+        requests: &[GenerationRequest],
+        _: &SamplingParams,
+        _: &dyn Reporter,
+    ) -> flywheel_core::Result<Vec<Vec<Completion>>> {
+        self.requests.extend_from_slice(requests);
+        Ok(requests.iter().map(|r| vec![completion(&format!("{} turns.", r.context.len())); r.n]).collect())
+    }
+}
+
+/// Answers each request through a function of its prompt and the completion's index.
+pub struct Scripted<F: FnMut(&str, usize) -> String>(pub F);
+
+impl<F: FnMut(&str, usize) -> String> Generator for Scripted<F> {
+    fn generate(
+        &mut self,
+        requests: &[GenerationRequest],
+        _: &SamplingParams,
+        _: &dyn Reporter,
+    ) -> flywheel_core::Result<Vec<Vec<Completion>>> {
+        Ok(requests.iter().map(|r| (0..r.n).map(|i| completion(&(self.0)(&r.prompt, i))).collect()).collect())
+    }
+}
