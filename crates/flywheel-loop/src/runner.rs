@@ -141,7 +141,8 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             FineTuneFrom::Last => self.dir.model_dir(k - 1),
         };
         let steps = config.training.steps_at(k);
-        let mut phases = Vec::new();
+        // The sets that are trained (empty ones are skipped), by index, and their phases.
+        let (mut trained, mut phases) = (Vec::new(), Vec::new());
         for (i, set) in collected.sets.iter().enumerate() {
             if set.examples.is_empty() {
                 tracing::warn!("iteration {k}: training set {} ({}) is empty; skipped", i + 1, set.label);
@@ -150,15 +151,15 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             // The first set keeps the seed the single-set strategies always had.
             let purpose = if i == 0 { "train".to_owned() } else { format!("train-set-{}", i + 1) };
             let params = config.training.params(steps, seeds::derive(config.seed, &purpose, k));
-            phases.push((i, Phase { examples: &set.examples, params }));
+            trained.push(i);
+            phases.push(Phase { examples: &set.examples, params });
         }
         if phases.is_empty() {
             tracing::warn!("iteration {k}: nothing was kept; the model is not fine-tuned");
         }
-        let plain: Vec<Phase<'_>> = phases.iter().map(|(_, p)| p.clone()).collect();
-        let summaries = self.trainer.train(&start, &plain, &self.dir.model_dir(k), self.reporter)?;
-        for ((i, phase), summary) in phases.iter().zip(&summaries) {
-            self.log_training(k, *i, &collected.sets[*i].label, phase.examples.len(), summary)?;
+        let summaries = self.trainer.train(&start, &phases, &self.dir.model_dir(k), self.reporter)?;
+        for ((&i, phase), summary) in trained.iter().zip(&phases).zip(&summaries) {
+            self.log_training(k, i, &collected.sets[i].label, phase.examples.len(), summary)?;
         }
         self.evaluate(k)?;
         self.dir.finish_iteration(k)
