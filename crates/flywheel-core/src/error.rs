@@ -15,6 +15,12 @@ pub enum CoreError {
     /// The engine failed while training.
     #[error("training failed: {0}")]
     Training(String),
+    /// A model could not be loaded or built (a missing or damaged file, an unsupported config).
+    #[error("loading the model failed: {0}")]
+    Load(String),
+    /// A model could not be saved.
+    #[error("saving the model failed: {0}")]
+    Save(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

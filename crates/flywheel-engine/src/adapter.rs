@@ -124,11 +124,23 @@ impl AdapterConfig {
     }
 
     /// Where the base model is: `base_model_name_or_path`, resolved against `dir` when relative.
+    /// A base that does not exist is refused here, naming the adapter's config (a hub id such as
+    /// `HuggingFaceTB/SmolLM2-135M-Instruct` cannot be fetched: this engine reads local files).
     pub fn base_model(&self, dir: &Path) -> Result<PathBuf> {
+        let config = dir.join(ADAPTER_CONFIG_FILE);
         let base = self.base_model_name_or_path.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
-            EngineError::Adapter(format!("{}: no base_model_name_or_path", dir.join(ADAPTER_CONFIG_FILE).display()))
+            EngineError::Adapter(format!("{}: no base_model_name_or_path", config.display()))
         })?;
-        Ok(dir.join(base))
+        let path = dir.join(base);
+        if !path.exists() {
+            return Err(EngineError::Adapter(format!(
+                "{}: base_model_name_or_path `{base}` does not exist (looked for {}); set it to the base \
+                 model's GGUF file or directory, absolute or relative to the adapter's directory",
+                config.display(),
+                path.display()
+            )));
+        }
+        Ok(path)
     }
 }
 

@@ -52,10 +52,10 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let tmp = temp_name(path);
+    let tmp = scratch_path(path)?;
     safetensors::serialize_to_file(views, Some(metadata), &tmp)
         .map_err(|e| EngineError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    tmp.persist(path).map_err(|e| EngineError::Io { path: path.to_path_buf(), source: e.error })
 }
 
 /// Reads every tensor of a safetensors file, keeping its dtype (`f32`, `f64`, `f16` or `bf16`).
@@ -79,6 +79,7 @@ pub fn load_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
             }
         };
         let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
+        check_finite(path, &name, &t)?;
         out.insert(name, t);
     }
     Ok(out)
@@ -89,13 +90,14 @@ pub fn save_checkpoint(dir: &Path, model: &LlamaModel, tokenizer: &TextTokenizer
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     save_weights(model, &dir.join(MODEL_FILE))?;
     let config = dir.join(CONFIG_FILE);
-    let tmp = temp_name(&config);
+    let tmp = scratch_path(&config)?;
     model.config().save(&tmp)?;
-    std::fs::rename(&tmp, &config).map_err(io_err(&config))?;
+    tmp.persist(&config).map_err(|e| EngineError::Io { path: config.clone(), source: e.error })?;
     let tok = dir.join(TOKENIZER_FILE);
-    let tmp = temp_name(&tok);
+    let tmp = scratch_path(&tok)?;
     tokenizer.save(&tmp)?;
-    std::fs::rename(&tmp, &tok).map_err(io_err(&tok))
+    tmp.persist(&tok).map_err(|e| EngineError::Io { path: tok.clone(), source: e.error })?;
+    Ok(())
 }
 
 /// Reads a checkpoint directory: config, weights (checked against the config), tokenizer. The
@@ -174,10 +176,38 @@ pub fn write_tokenizer_config(dir: &Path, chat_template: &str, bos_token: &str, 
     std::fs::write(&path, text).map_err(io_err(&path))
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
+/// A scratch file beside `path` with a name of its own (removed unless persisted), so that an
+/// atomic write never touches a file it did not make.
+fn scratch_path(path: &Path) -> Result<tempfile::TempPath> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".flywheel-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map(tempfile::NamedTempFile::into_temp_path)
+        .map_err(io_err(path))
+}
+
+/// Refuses a tensor holding NaN or infinity (a damaged file): training and sampling on it would
+/// only produce NaN later, far from the cause.
+pub fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    match values.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(EngineError::Weights {
+            path: path.to_path_buf(),
+            name: name.to_owned(),
+            reason: format!(
+                "holds {} at element {i} ({} of {} elements are not finite): the file is damaged",
+                values[i],
+                values.iter().filter(|x| !x.is_finite()).count(),
+                values.len()
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +240,38 @@ mod tests {
         assert_eq!(logits(&back), logits(&model));
         assert_eq!(back.config(), model.config());
         assert_eq!(back_tok.encode("12+3=").unwrap(), tok.encode("12+3=").unwrap());
-        assert!(!dir.path().join("model.safetensors.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 3, "no scratch file left: {left:?}");
+    }
+
+    #[test]
+    fn saving_leaves_a_users_tmp_file_alone() {
+        let (model, tok) = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors.tmp"), "mine").unwrap();
+        std::fs::write(dir.path().join("config.tmp"), "mine too").unwrap();
+        save_checkpoint(dir.path(), &model, &tok).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("model.safetensors.tmp")).unwrap(), b"mine");
+        assert_eq!(std::fs::read(dir.path().join("config.tmp")).unwrap(), b"mine too");
+    }
+
+    #[test]
+    fn weights_that_are_not_finite_are_refused_naming_the_tensor() {
+        let (model, _) = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_FILE);
+        let mut tensors: Vec<(String, Tensor)> = model.named_tensors().unwrap().into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let (name, t) = tensors.iter_mut().find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight").unwrap();
+        let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[5] = f32::NAN;
+        values[7] = f32::INFINITY;
+        *t = Tensor::from_vec(values, t.dims(), &Device::Cpu).unwrap();
+        let name = name.clone();
+        save_tensors(&path, &tensors).unwrap();
+        let err = load_weights(&path).unwrap_err().to_string();
+        assert!(err.contains(&format!("tensor `{name}`")) && err.contains("NaN at element 5"), "{err}");
+        assert!(err.contains("2 of") && err.contains("damaged"), "{err}");
     }
 
     #[test]

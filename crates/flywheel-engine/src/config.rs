@@ -157,19 +157,19 @@ impl LlamaConfig {
                 return Err(EngineError::config(field, "must be positive"));
             }
         }
-        if self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(EngineError::config(
                 "num_key_value_heads",
                 format!("{} does not divide num_attention_heads = {}", self.kv_heads(), self.num_attention_heads),
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(EngineError::config(
                 "num_attention_heads",
                 format!("{} does not divide hidden_size = {}", self.num_attention_heads, self.hidden_size),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(EngineError::config(
                 "head_dim",
                 format!("{} is odd; rotary embedding needs pairs", self.head_dim()),

@@ -289,6 +289,6 @@ impl Trainer for Engine {
 
 impl flywheel_core::Checkpoint for Engine {
     fn save(&self, dir: &Path) -> flywheel_core::Result<()> {
-        Engine::save(self, dir).map_err(EngineError::into_training)
+        Engine::save(self, dir).map_err(EngineError::into_save)
     }
 }

@@ -83,7 +83,29 @@ pub enum EngineError {
     InvalidInput(String),
     /// A tensor operation failed inside candle.
     #[error("candle: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for EngineError {
+    /// Keeps candle's message but not the backtrace candle captures when `RUST_BACKTRACE` is set
+    /// (it prints it as part of the message): an ordinary error is not a crash.
+    fn from(err: candle_core::Error) -> Self {
+        Self::Candle(without_backtrace(err))
+    }
+}
+
+/// `err` without the backtraces candle wraps around errors when `RUST_BACKTRACE` is set.
+pub(crate) fn without_backtrace(err: candle_core::Error) -> candle_core::Error {
+    match err {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        candle_core::Error::Context { inner, context } => {
+            candle_core::Error::Context { inner: Box::new(without_backtrace(*inner)), context }
+        }
+        candle_core::Error::WithPath { inner, path } => {
+            candle_core::Error::WithPath { inner: Box::new(without_backtrace(*inner)), path }
+        }
+        other => other,
+    }
 }
 
 impl EngineError {
@@ -105,6 +127,16 @@ impl EngineError {
     /// Converts into the core error of a failed training call.
     pub fn into_training(self) -> CoreError {
         self.into_core(CoreError::Training)
+    }
+
+    /// Converts into the core error of a model that could not be loaded or built.
+    pub fn into_load(self) -> CoreError {
+        self.into_core(CoreError::Load)
+    }
+
+    /// Converts into the core error of a model that could not be saved.
+    pub fn into_save(self) -> CoreError {
+        self.into_core(CoreError::Save)
     }
 
     fn into_core(self, wrap: fn(String) -> CoreError) -> CoreError {
@@ -143,6 +175,19 @@ mod tests {
     fn invalid_input_becomes_invalid_request() {
         let core = EngineError::invalid("empty prompt").into_generation();
         assert!(matches!(core, CoreError::InvalidRequest(ref m) if m == "empty prompt"), "{core}");
+    }
+
+    #[test]
+    fn candle_errors_lose_their_backtrace() {
+        let inner = candle_core::Error::Msg("shape mismatch".into());
+        let with = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(with.to_string().lines().count() > 1, "candle prints its backtrace");
+        let ours = EngineError::from(with);
+        assert_eq!(ours.to_string().lines().count(), 1, "{ours}");
+        assert!(ours.to_string().contains("shape mismatch"), "{ours}");
     }
 
     #[test]

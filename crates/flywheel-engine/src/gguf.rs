@@ -19,6 +19,7 @@
 //! Quantized matrices (Q4_1, Q8_0, …) are dequantized once at load: the sampler and trainer work
 //! in `f32`, and candle's quantized matmul has no backward pass to train through.
 
+use crate::error::without_backtrace;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
@@ -50,7 +51,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     let err = |reason: String| EngineError::Gguf { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| err(format!("not a readable GGUF file: {e}")))?;
+    let content = Content::read(&mut reader).map_err(|e| err(format!("not a readable GGUF file: {}", without_backtrace(e))))?;
     let meta = Metadata { map: &content.metadata, path };
     let arch = meta.string("general.architecture")?;
     if arch != "llama" {
@@ -61,8 +62,9 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
         let hf = hf_name(name).ok_or_else(|| err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
-        let q = content.tensor(&mut reader, name, &Device::Cpu).map_err(|e| err(format!("tensor `{name}`: {e}")))?;
+        let q = content.tensor(&mut reader, name, &Device::Cpu).map_err(|e| err(format!("tensor `{name}`: {}", without_backtrace(e))))?;
         let mut t = q.dequantize(&Device::Cpu)?;
+        crate::checkpoint::check_finite(path, name, &t)?;
         if name.ends_with("attn_q.weight") {
             t = unpermute_rows(&t, config.num_attention_heads)?;
         } else if name.ends_with("attn_k.weight") {
@@ -258,6 +260,21 @@ fn tokenizer_json(meta: &Metadata<'_>) -> Result<String> {
         .ok_or_else(|| meta.err("tokenizer.ggml.pre", format!("pre-tokenizer `{pre_name}` is not supported")))?;
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let merges = meta.strings("tokenizer.ggml.merges")?;
+    // Checked here: the tokenizers crate would report a bad entry as a line of a "merges text
+    // file", which a GGUF file does not have.
+    let vocabulary: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
+    for (i, merge) in merges.iter().enumerate() {
+        let known = |part: &str| vocabulary.contains(part);
+        match merge.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') && known(a) && known(b) => {}
+            _ => {
+                return Err(meta.err(
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} ({merge:?}) is not two vocabulary tokens separated by one space"),
+                ))
+            }
+        }
+    }
     let types: Vec<i32> = match meta.map.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .to_vec()

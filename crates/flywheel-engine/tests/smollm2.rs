@@ -1,7 +1,7 @@
 //! Tests on the real SmolLM2-135M-Instruct GGUF file (`scripts/fetch-smollm2` puts it in `models/`).
 //!
-//! Without the file these tests print a note and pass, unless `FLYWHEEL_REQUIRE_SMOLLM2=1` (set by
-//! `.ci/run`, which fetches the file first) makes its absence a failure.
+//! Without the file these tests fail, saying how to fetch it: the README's test command runs
+//! `scripts/fetch-smollm2` first. A missing model is never a test reported as passed.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -11,30 +11,22 @@ use flywheel_engine::{
     load_weights, tokenize_example, Engine, LoraConfig, Proj, ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE,
 };
 
-fn model_path() -> Option<PathBuf> {
+fn model_path() -> PathBuf {
     let path = std::env::var_os("FLYWHEEL_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("FLYWHEEL_REQUIRE_SMOLLM2").as_deref() != Ok("1"),
-        "{} is missing: run scripts/fetch-smollm2",
-        path.display()
-    );
-    eprintln!("note: {} is missing (scripts/fetch-smollm2 fetches it); test skipped", path.display());
-    None
+    assert!(path.exists(), "{} is missing: run scripts/fetch-smollm2 (the README's test command does)", path.display());
+    path
 }
 
-fn engine() -> Option<&'static Engine> {
-    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
-    ENGINE.get_or_init(|| model_path().map(|p| Engine::load_gguf(&p).expect("SmolLM2 GGUF loads"))).as_ref()
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::load_gguf(&model_path()).expect("SmolLM2 GGUF loads"))
 }
 
 #[test]
 fn greedy_answer_to_a_chat_prompt() {
-    let Some(engine) = engine() else { return };
+    let engine = engine();
     let prompt = engine
         .format()
         .render_prompt(&[Message { role: Role::User, content: "What is the capital of France?".into() }])
@@ -68,7 +60,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// them give the same model, and the merged export is a Hugging Face directory that loads again.
 #[test]
 fn lora_trains_saves_in_peft_layout_loads_and_merges() {
-    let Some(path) = model_path() else { return };
+    let path = model_path();
     let mut engine = Engine::load_gguf(&path).unwrap();
     let (ex, ids) = example(&engine);
     let base = engine.model().token_logprobs(&ids).unwrap();
@@ -153,7 +145,7 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 /// `scripts/reference-logprobs`): digits split one by one, byte-level BPE, special tokens parsed.
 #[test]
 fn tokenizer_matches_llama_cpp() {
-    let Some(engine) = engine() else { return };
+    let engine = engine();
     for case in reference()["tokenization"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(engine.tokenizer().encode(text).unwrap(), ids_of(&case["ids"]), "{text:?}");
@@ -168,7 +160,7 @@ fn tokenizer_matches_llama_cpp() {
 /// to 2.3e-5, see the fixture).
 #[test]
 fn log_probabilities_match_numpy_and_llama_cpp() {
-    let Some(engine) = engine() else { return };
+    let engine = engine();
     for prompt in reference()["prompts"].as_array().unwrap() {
         let name = prompt["name"].as_str().unwrap();
         let ids = ids_of(&prompt["ids"]);

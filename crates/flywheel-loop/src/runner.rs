@@ -40,16 +40,8 @@ pub enum Outcome {
 impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
     /// Prepares a run: builds the task and the strategy, and checks that the splits are disjoint.
     pub fn new(generators: G, trainer: T, dir: RunDir, reporter: &'r dyn Reporter) -> Result<Self> {
-        let config = dir.config();
-        let task = tasks::build(&config.task, config.seed)?;
-        let shared = crate::task::check_disjoint(task.as_ref());
-        if !shared.is_empty() {
-            return Err(LoopError::Config {
-                path: dir.config_path(),
-                message: format!("held-out problems also in training: {}", shared.join(", ")),
-            });
-        }
-        let strategy = strategy::build(&config.strategy);
+        let task = prepare(dir.config(), &dir.config_path())?;
+        let strategy = strategy::build(&dir.config().strategy);
         Ok(Self { generators, trainer, dir, task, strategy, reporter })
     }
 
@@ -290,4 +282,53 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         }
         Ok(stop::should_stop(&accuracy, rule, self.dir.state().patience_from.unwrap_or(0)))
     }
+}
+
+/// Builds the task of `config` (read from `origin`, named in errors) and checks what can only be
+/// checked with its problems at hand: the splits are disjoint, and a fresh model's context holds
+/// every example; a pretrained model's path exists. [`Runner::new`] calls it; a caller may call it first, before it creates
+/// anything.
+pub fn prepare(config: &crate::RunConfig, origin: &std::path::Path) -> Result<Box<dyn Task>> {
+    if let ModelConfig::Pretrained(model) = &config.model {
+        if !model.path.exists() {
+            return Err(LoopError::Config {
+                path: origin.to_owned(),
+                message: format!(
+                    "model.path: {} does not exist (a GGUF file or a Hugging Face directory; relative paths \
+                     are read from the working directory)",
+                    model.path.display()
+                ),
+            });
+        }
+    }
+    let task = tasks::build(&config.task, config.seed)?;
+    let shared = crate::task::check_disjoint(task.as_ref());
+    if !shared.is_empty() {
+        return Err(LoopError::Config {
+            path: origin.to_owned(),
+            message: format!("held-out problems also in training: {}", shared.join(", ")),
+        });
+    }
+    check_context(config, task.as_ref()).map_err(|message| LoopError::Config { path: origin.to_owned(), message })?;
+    Ok(task)
+}
+
+/// Refuses a fresh (character-level) model whose context cannot hold the task's longest seed
+/// example or prompt, which would otherwise fail only when training or sampling reaches it.
+fn check_context(config: &crate::RunConfig, task: &dyn Task) -> std::result::Result<(), String> {
+    let ModelConfig::Embedded(model) = &config.model else { return Ok(()) };
+    let context = model.architecture.max_position_embeddings;
+    // Characters are tokens; a few more for the turn markers and the end-of-sequence token.
+    const MARKERS: usize = 4;
+    let seed_set = task.seed_examples();
+    let seed = seed_set.iter().map(|e| e.messages.iter().map(|m| m.content.chars().count()).sum::<usize>());
+    let prompts = task.train_problems().iter().chain(task.eval_problems()).map(|p| task.prompt(p).chars().count());
+    let longest = seed.chain(prompts).max().unwrap_or(0) + MARKERS;
+    if longest > context {
+        return Err(format!(
+            "model.architecture.max-position-embeddings ({context}) is shorter than the task's longest example \
+             ({longest} tokens with its markers); raise it to at least {longest}"
+        ));
+    }
+    Ok(())
 }

@@ -55,3 +55,49 @@ fn lora_settings_are_checked() {
     let bad = text.replace("rank = 16", "rank = 0");
     assert!(RunConfig::parse(&bad, Path::new("x.toml")).is_err());
 }
+
+/// Every setting is checked as the config loads, naming the file, the key and what is allowed:
+/// none waits for the run to reach it.
+#[test]
+fn out_of_range_settings_are_refused_at_load_naming_the_key_and_range() {
+    let text = std::fs::read_to_string(examples().join("addition-star.toml")).expect("example");
+    let cases = [
+        ("learning-rate = 0.003", "learning-rate = nan", "training.learning-rate", "above 0"),
+        ("learning-rate = 0.003", "learning-rate = -1.0", "training.learning-rate", "above 0"),
+        ("learning-rate = 0.003", "learning-rate = inf", "training.learning-rate", "at most 1"),
+        ("batch-size = 32", "batch-size = 0", "training.batch-size", "at least 1"),
+        ("steps = 1500", "steps = 0", "model.base-training.steps", "at least 1"),
+        ("temperature = 0.8", "temperature = nan", "strategy.temperature", "at least 0"),
+        ("samples-per-problem = 4", "samples-per-problem = 0", "strategy.samples-per-problem", "at least 1"),
+        ("max-new-tokens = 100", "max-new-tokens = 0", "strategy.max-new-tokens", "at least 1"),
+        ("train-per-length = 1000", "train-per-length = 0", "task.train-per-length", "at least 1"),
+        ("eval-per-length = 100", "eval-per-length = 0", "task.eval-per-length", "at least 1"),
+        ("max-position-embeddings = 256", "max-position-embeddings = 0", "max-position-embeddings", "at least 1"),
+        ("num-attention-heads = 4", "num-attention-heads = 3", "num-attention-heads", "divide"),
+        ("max-batch = 512", "max-batch = 0", "model.max-batch", "at least 1"),
+        ("name = \"addition-star\"", "name = \"../elsewhere\"", "name", "plain folder name"),
+    ];
+    for (from, to, key, range) in cases {
+        assert!(text.contains(from), "the example has no `{from}`");
+        let bad = text.replacen(from, to, 1);
+        let err = RunConfig::parse(&bad, Path::new("my.toml")).expect_err(to).to_string();
+        assert!(err.starts_with("my.toml"), "{to}: {err}");
+        assert!(err.contains(key) && err.contains(range), "{to}: {err}");
+    }
+}
+
+#[test]
+fn top_p_and_eval_settings_are_checked() {
+    let text = std::fs::read_to_string(examples().join("smollm2-arith-star.toml")).expect("example");
+    for (from, to, key) in [
+        ("top-p = 0.95", "top-p = nan", "strategy.top-p"),
+        ("[eval]\nmax-new-tokens = 96", "[eval]\nmax-new-tokens = 0", "eval.max-new-tokens"),
+        ("micro-batch-tokens = 2048", "micro-batch-tokens = 0", "model.micro-batch-tokens"),
+        ("alpha = 32.0", "alpha = nan", "model.lora.alpha"),
+        ("dropout = 0.05", "dropout = nan", "model.lora.dropout"),
+    ] {
+        assert!(text.contains(from), "the example has no `{from}`");
+        let err = RunConfig::parse(&text.replacen(from, to, 1), Path::new("x.toml")).expect_err(to).to_string();
+        assert!(err.contains(key), "{to}: {err}");
+    }
+}

@@ -287,15 +287,153 @@ fn a_changed_config_is_refused_on_resume() {
     let text = std::fs::read_to_string(&path).expect("config").replace("seed = 3", "seed = 4");
     std::fs::write(&path, text).expect("write");
     let err = RunDir::open(tmp.path()).expect_err("changed config");
-    assert!(err.to_string().contains("config changed"), "{err}");
+    assert!(err.to_string().contains("seed") && err.to_string().contains("iteration 1 already finished"), "{err}");
 }
 
 #[test]
 fn a_new_run_refuses_an_existing_run_directory() {
     let tmp = tempfile::tempdir().expect("tmp");
-    RunDir::create(tmp.path(), &config()).expect("first");
+    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(2) });
     let err = RunDir::create(tmp.path(), &config()).expect_err("second");
     assert!(err.to_string().contains("flywheel resume"), "{err}");
+}
+
+/// Every file and its bytes under `root`, for before/after comparisons.
+fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), read(path)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_run_never_starts_in_a_folder_of_other_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join("config.toml"), "the user's own config").expect("write");
+    std::fs::create_dir(tmp.path().join("iter-0000")).expect("mkdir");
+    std::fs::write(tmp.path().join("iter-0000/notes.txt"), "keep me").expect("write");
+    let before = snapshot(tmp.path());
+    let err = RunDir::create(tmp.path(), &config()).expect_err("not empty");
+    assert!(err.to_string().contains("new or empty directory"), "{err}");
+    assert!(err.to_string().contains("config.toml"), "names what is there: {err}");
+    let after: Vec<_> = snapshot(tmp.path()).into_iter().filter(|(p, _)| !p.ends_with(".lock")).collect();
+    assert_eq!(before, after, "a refused run touched the user's files");
+}
+
+#[test]
+fn atomic_writes_leave_other_files_of_the_folder_alone() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let user = tmp.path().join("results.tmp");
+    std::fs::write(&user, "the user's scratch").expect("write");
+    flywheel_loop::rundir::write_atomic(&tmp.path().join("results.jsonl"), b"{}\n").expect("write");
+    assert_eq!(read(user), b"the user's scratch");
+    assert_eq!(read(tmp.path().join("results.jsonl")), b"{}\n");
+    let names: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names.len(), 2, "no scratch file left: {names:?}");
+}
+
+#[test]
+fn an_output_path_that_cannot_be_written_fails_before_any_work() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let missing = tmp.path().join("no/such/dir/out.jsonl");
+    let err = flywheel_loop::rundir::PendingFile::create(&missing).expect_err("missing folder");
+    assert!(err.to_string().contains("out.jsonl"), "{err}");
+    let err = flywheel_loop::rundir::PendingFile::create(tmp.path()).expect_err("a directory");
+    assert!(err.to_string().contains("directory"), "{err}");
+}
+
+#[test]
+fn a_second_process_on_a_run_directory_is_refused_while_the_first_holds_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(2) });
+    let first = RunDir::open(tmp.path()).expect("first");
+    let err = RunDir::open(tmp.path()).expect_err("second while the first runs");
+    assert!(err.to_string().contains("another flywheel process"), "{err}");
+    assert!(err.to_string().contains(&std::process::id().to_string()), "names the holder: {err}");
+    let err = RunDir::create(tmp.path(), &config()).expect_err("run while the first runs");
+    assert!(err.to_string().contains("another flywheel process"), "{err}");
+    drop(first);
+    RunDir::open(tmp.path()).expect("free again");
+}
+
+#[test]
+fn a_run_that_failed_before_iteration_zero_finished_starts_again_with_a_fixed_config() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // The base model's training fails: nothing was computed.
+    let err = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(1) }).expect_err("failed start");
+    assert!(err.to_string().contains("killed"), "{err}");
+    // `run` may start it again...
+    drop(RunDir::create(tmp.path(), &config()).expect("started again"));
+    // ...and `resume` accepts any fix of the config, since no iteration finished.
+    let path = tmp.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).expect("config").replace("learning-rate = 0.001", "learning-rate = 0.002");
+    std::fs::write(&path, text).expect("write");
+    let dir = RunDir::open(tmp.path()).expect("a fix before any iteration finished is accepted");
+    assert_eq!(dir.config().training.learning_rate, 0.002);
+    Runner::new(FakeEngine::default(), FakeEngine::default(), dir, &NullReporter)
+        .expect("runner")
+        .run()
+        .expect("the run goes on");
+    RunDir::open(tmp.path()).expect("the accepted config is the run's now");
+}
+
+#[test]
+fn after_an_iteration_only_keys_that_change_nothing_computed_may_change() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(3) });
+    let path = tmp.path().join("config.toml");
+    let original = std::fs::read_to_string(&path).expect("config");
+    let edit = |from: &str, to: &str| {
+        assert!(original.contains(from), "{from}");
+        std::fs::write(&path, original.replace(from, to)).expect("write");
+    };
+    edit("learning-rate = 0.001", "learning-rate = 0.002");
+    let err = RunDir::open(tmp.path()).expect_err("the learning rate shaped iteration 1");
+    assert!(err.to_string().contains("training.learning-rate"), "{err}");
+    assert!(err.to_string().contains("iterations, threads, early-stop"), "says what may change: {err}");
+    edit("iterations = 3", "iterations = 1");
+    let err = RunDir::open(tmp.path()).expect_err("lowered");
+    assert!(err.to_string().contains("only be raised"), "{err}");
+    edit("iterations = 3", "iterations = 5");
+    let dir = RunDir::open(tmp.path()).expect("raised");
+    assert_eq!(dir.config().iterations, 5);
+    drop(dir);
+    edit("threads = 0", "threads = 2");
+    RunDir::open(tmp.path()).expect("threads");
+}
+
+#[test]
+fn resume_with_more_iterations_changes_nothing_until_the_run_goes_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(3) });
+    let before = snapshot(tmp.path());
+    let mut dir = RunDir::open(tmp.path()).expect("open");
+    dir.extend_iterations(6).expect("raise");
+    drop(dir); // the run could not go on (say the model failed to load)
+    let after: Vec<_> = snapshot(tmp.path()).into_iter().filter(|(p, _)| !p.ends_with(".lock")).collect();
+    let before: Vec<_> = before.into_iter().filter(|(p, _)| !p.ends_with(".lock")).collect();
+    assert_eq!(before, after, "config.toml or state.json rewritten before the run went on");
+    RunDir::open(tmp.path()).expect("still the run it was");
+}
+
+#[test]
+fn a_state_naming_a_missing_iteration_is_refused_as_such() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(3) });
+    std::fs::remove_dir_all(tmp.path().join("iter-0001")).expect("rm");
+    let err = RunDir::open(tmp.path()).expect_err("iteration 1 is gone");
+    let msg = err.to_string();
+    assert!(msg.contains("state.json") && msg.contains("iteration 1") && msg.contains("does not exist"), "{msg}");
 }
 
 #[test]
@@ -491,4 +629,18 @@ fn sampled_evaluation_reports_pass_and_majority_at_k() {
     assert_eq!(sampled.lines().count(), 4 * eval["n"].as_u64().unwrap() as usize);
     let text = String::from_utf8(read(tmp.path().join("iter-0001/eval.json"))).expect("utf8");
     assert!(text.contains("\"pass_at_k\""));
+}
+
+#[test]
+fn a_context_too_short_for_the_task_is_refused_before_any_work() {
+    let text = CONFIG.replace("max-position-embeddings = 64", "max-position-embeddings = 12");
+    let config = RunConfig::parse(&text, Path::new("short.toml")).expect("parses");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = RunDir::create(tmp.path(), &config).expect("create");
+    let Err(err) = Runner::new(FakeEngine::default(), FakeEngine::default(), dir, &NullReporter) else {
+        panic!("a 12-token context cannot hold a 3-digit scratchpad");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("max-position-embeddings (12)") && msg.contains("raise it to at least"), "{msg}");
+    assert!(!tmp.path().join("iter-0000").exists(), "no work was done");
 }

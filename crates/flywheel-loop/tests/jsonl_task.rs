@@ -10,8 +10,9 @@ use flywheel_loop::tasks::ChatProblems;
 use flywheel_loop::tasks::DEFAULT_INSTRUCTION;
 use flywheel_loop::{LoopError, Task};
 
-/// GSM8K's directory relative to the crate, the working directory of `cargo test`.
-const GSM8K: &str = "../../../shared/datasets/gsm8k";
+/// GSM8K's directory (kept in the repository, MIT licence) relative to the crate, the working
+/// directory of `cargo test`.
+const GSM8K: &str = "../../data/gsm8k";
 
 fn config(train: &Path, eval: &Path) -> JsonlConfig {
     JsonlConfig {
@@ -44,10 +45,6 @@ fn problems(prefix: &str, count: usize) -> Vec<String> {
 #[test]
 fn gsm8k_files_load_as_they_are() {
     let (train, test) = (Path::new(GSM8K).join("train.jsonl"), Path::new(GSM8K).join("test.jsonl"));
-    if !train.exists() || !test.exists() {
-        eprintln!("skipped: GSM8K not found at {GSM8K} (relative to {:?})", std::env::current_dir());
-        return;
-    }
     // Relative paths, resolved against the working directory.
     let task = ChatProblems::jsonl(&config(&train, &test), 1).expect("GSM8K loads");
     assert_eq!((task.train_problems().len(), task.eval_problems().len()), (7473, 1319));
@@ -101,6 +98,16 @@ fn errors_name_the_file_the_line_and_the_field() {
 
     let (path, msg) = load_error(&[ok, "[1, 2]"], |_| ());
     assert_eq!(msg, format!("{}:2: expected a JSON object, found an array", path.display()));
+
+    for answer in ["####", "Two and two make four. ####  "] {
+        let line = format!(r#"{{"question": "What is 2+2?", "answer": "{answer}"}}"#);
+        let (path, msg) = load_error(&[ok, &line], |_| ());
+        assert_eq!(
+            msg,
+            format!("{}:2: field \"answer\" has a `####` marker with no answer after it", path.display()),
+            "{answer:?}"
+        );
+    }
 
     // The held-out file is read first, and lacks the bucket field too.
     let (path, msg) = load_error(&[ok], |c| c.bucket_field = Some("level".into()));

@@ -22,7 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Start a run: train or load the base model, then improve it for the configured iterations.
     Run(RunArgs),
-    /// Continue a stopped run from its last finished iteration (its config must be unchanged).
+    /// Continue a stopped run from its last finished iteration (its config.toml may change only in
+    /// iterations, threads and [early-stop] once an iteration finished).
     Resume(ResumeArgs),
     /// Evaluate a saved model on a config's held-out split; prints eval JSON to stdout.
     Eval(EvalArgs),
@@ -65,7 +66,7 @@ pub struct ResumeArgs {
     /// The directory of the stopped run.
     pub run_dir: PathBuf,
     /// Raise the run's iteration count (a finished run goes on from its last iteration).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub iterations: Option<usize>,
 }
 
@@ -135,10 +136,10 @@ pub enum BenchTarget {
     /// Judged completions per second on one core (the verifier alone, no JSON).
     Judge {
         /// GSM8K-style JSONL with `answer` fields (worked solutions); their texts are the completions.
-        #[arg(long, default_value = "../shared/datasets/gsm8k/test.jsonl")]
+        #[arg(long, default_value = "data/gsm8k/test.jsonl")]
         data: PathBuf,
         /// Seconds to measure for.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 3.0, value_parser = positive_seconds)]
         seconds: f64,
     },
     /// Sampling throughput of the embedded engine: k samples of one chat prompt, fixed length
@@ -148,16 +149,16 @@ pub enum BenchTarget {
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
         model: PathBuf,
         /// Samples of the one prompt, decoded together.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = at_least_one())]
         samples: usize,
         /// New tokens per sample.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = at_least_one())]
         new_tokens: usize,
         /// Worker threads (0: all cores).
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Timed repetitions (the best is reported; one untimed warm-up runs first).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         repeat: usize,
     },
     /// LoRA fine-tuning throughput of the embedded engine: steps of `batch` sequences of `seq-len`
@@ -167,19 +168,33 @@ pub enum BenchTarget {
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
         model: PathBuf,
         /// Sequences per step.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one())]
         batch: usize,
         /// Tokens per sequence.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = at_least_one())]
         seq_len: usize,
         /// LoRA rank (0: full fine-tuning).
         #[arg(long, default_value_t = 16)]
         rank: usize,
         /// Timed optimiser steps (one untimed warm-up step runs first).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one())]
         steps: usize,
         /// Worker threads (0: all cores).
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+}
+
+/// A count that must be at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// A duration in seconds: a finite number above 0.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        Ok(s) => Err(format!("must be a number of seconds above 0, got {s}")),
+        Err(e) => Err(e.to_string()),
+    }
 }

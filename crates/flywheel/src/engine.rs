@@ -31,12 +31,12 @@ impl EmbeddedEngine {
     }
 
     fn pretrained(&self, config: &PretrainedModelConfig, seed: u64) -> flywheel_loop::Result<Model> {
-        let mut model = Model::open(&config.path).map_err(|e| e.into_generation())?;
+        let mut model = Model::open(&config.path).map_err(|e| e.into_load())?;
         tracing::info!("loaded {}: {} parameters", config.path.display(), model.model().config().num_parameters());
         if let Some(lora) = &config.lora {
             let targets = lora.target_modules.iter().filter_map(|m| Proj::from_module(m)).collect();
             let lora = LoraConfig { rank: lora.rank, alpha: lora.alpha, dropout: lora.dropout, targets };
-            model.attach_lora(lora, seed).map_err(|e| e.into_training())?;
+            model.attach_lora(lora, seed).map_err(|e| e.into_load())?;
         }
         Ok(self.configure(model))
     }
@@ -62,14 +62,14 @@ impl EmbeddedEngine {
             tie_word_embeddings: a.tie_word_embeddings,
             ..LlamaConfig::tiny(vocab_size)
         };
-        let model = Model::new_char_level(&task.alphabet(), shape, seed).map_err(|e| e.into_generation())?;
+        let model = Model::new_char_level(&task.alphabet(), shape, seed).map_err(|e| e.into_load())?;
         tracing::info!("fresh model: {} parameters", model.model().config().num_parameters());
         Ok(self.configure(model))
     }
 
     /// A model saved earlier with [`Checkpoint::save`].
     pub fn load(&self, dir: &Path) -> flywheel_loop::Result<Model> {
-        let model = Model::open(dir).map_err(|e| e.into_generation())?;
+        let model = Model::open(dir).map_err(|e| e.into_load())?;
         Ok(self.configure(model))
     }
 }

@@ -22,13 +22,31 @@ pub fn run(args: &JudgeArgs) -> Result<()> {
     let name = if args.input == Path::new("-") { "<stdin>".to_owned() } else { args.input.display().to_string() };
     let mut out = BufWriter::new(io::stdout().lock());
     let (mut judged, mut correct, mut malformed) = (0u64, 0u64, 0u64);
-    for (index, line) in input.lines().enumerate() {
+    for (index, bytes) in input.split(b'\n').enumerate() {
         let line_no = index + 1;
-        let line = line.with_context(|| format!("{name}:{line_no}: cannot read line"))?;
+        let mut bytes = bytes.with_context(|| format!("{name}:{line_no}: cannot read line"))?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        // A byte-order mark (Windows editors write one) is not part of the first line's JSON.
+        let bytes = if line_no == 1 { bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes) } else { &bytes[..] };
+        let line = match std::str::from_utf8(bytes) {
+            Ok(line) => line,
+            Err(e) => {
+                let err = format!("not UTF-8 text (invalid byte at column {})", e.valid_up_to() + 1);
+                if !args.keep_going {
+                    bail!("{name}:{line_no}: {err}");
+                }
+                malformed += 1;
+                let raw = String::from_utf8_lossy(bytes);
+                write_record(&mut out, &malformed_record(&raw, &format!("{name}:{line_no}: {err}")))?;
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let record = match judge_line(&verifier, &line) {
+        let record = match judge_line(&verifier, line) {
             Ok(record) => {
                 judged += 1;
                 correct += u64::from(record["correct"] == Value::Bool(true));
@@ -36,12 +54,11 @@ pub fn run(args: &JudgeArgs) -> Result<()> {
             }
             Err(err) if args.keep_going => {
                 malformed += 1;
-                malformed_record(&line, &format!("{name}:{line_no}: {err}"))
+                malformed_record(line, &format!("{name}:{line_no}: {err}"))
             }
             Err(err) => bail!("{name}:{line_no}: {err}"),
         };
-        serde_json::to_writer(&mut out, &record)?;
-        out.write_all(b"\n")?;
+        write_record(&mut out, &record)?;
     }
     out.flush()?;
     tracing::info!(judged, correct, malformed, "judged {name}");
@@ -70,6 +87,12 @@ fn judge_line(verifier: &Verifier, line: &str) -> Result<Map<String, Value>, Str
     record.insert("extracted".into(), verdict.extracted.map_or(Value::Null, |s| Value::String(s.to_owned())));
     record.insert("correct".into(), Value::Bool(verdict.correct));
     Ok(record)
+}
+
+fn write_record(out: &mut impl Write, record: &Map<String, Value>) -> Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")?;
+    Ok(())
 }
 
 /// A malformed line passed through under `--keep-going`: its fields if it was an object, its raw

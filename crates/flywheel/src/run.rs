@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use flywheel_loop::config::ModelConfig;
-use flywheel_loop::rundir::{write_jsonl, RunDir};
+use flywheel_loop::rundir::{jsonl_bytes, PendingFile, RunDir};
 use flywheel_loop::report::{self, RunReport};
 use flywheel_loop::{seeds, tasks, Outcome, RunConfig, Runner};
 
@@ -13,6 +13,8 @@ use crate::progress::Bars;
 /// Starts a run.
 pub fn run(args: &RunArgs) -> Result<()> {
     let config = RunConfig::load(&args.config)?;
+    // The task's files and the model's context are checked before the run directory is made.
+    flywheel_loop::runner::prepare(&config, &args.config)?;
     let root = args.run_dir.clone().unwrap_or_else(|| config.default_run_dir());
     let dir = RunDir::create(&root, &config)?;
     tracing::info!("run {} in {}", config.name, root.display());
@@ -58,16 +60,21 @@ fn engine_for(config: &RunConfig) -> Result<EmbeddedEngine> {
 /// Evaluates a saved model on a config's held-out split.
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let config = RunConfig::load(&args.config)?;
+    // The output file is made ready before the work, so that a path that cannot be written fails
+    // at once instead of after the evaluation.
+    let samples = args.samples.as_deref().map(PendingFile::create).transpose()?;
     let engine = engine_for(&config)?;
     let mut model = engine.load(&args.model)?;
     let task = tasks::build(&config.task, config.seed)?;
     let bars = Bars::new();
     let seed = seeds::derive(config.seed, "eval", 0);
     let (report, records, _) = flywheel_loop::eval::evaluate(task.as_ref(), &mut model, &config.eval, seed, &bars)?;
-    if let Some(path) = &args.samples {
-        write_jsonl(path, &records)?;
-    }
+    // The report first: a failure writing the samples must not lose it.
     println!("{}", serde_json::to_string_pretty(&report).context("serialising the report")?);
+    if let Some(file) = samples {
+        let path = file.path().to_owned();
+        file.commit(&jsonl_bytes(&records)).with_context(|| format!("writing the samples to {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -12,15 +12,7 @@ fn flywheel() -> Command {
 }
 
 fn run_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = flywheel()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn flywheel");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    child.wait_with_output().expect("wait")
+    run_with_bytes(args, stdin.as_bytes())
 }
 
 fn records(stdout: &[u8]) -> Vec<Value> {
@@ -79,6 +71,42 @@ fn keep_going_passes_malformed_lines_through() {
     assert_eq!(rows[1]["x"], 1);
     assert!(rows[1]["error"].as_str().expect("error").contains("missing field `completion`"));
     assert_eq!(rows[2]["correct"], true);
+}
+
+fn run_with_bytes(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = flywheel()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flywheel");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_line() {
+    let input = b"\xEF\xBB\xBF{\"completion\": \"#### 1\", \"gold\": \"1\"}\r\n{\"completion\": \"#### 2\", \"gold\": \"1\"}\r\n";
+    let out = run_with_bytes(&["judge", "--input", "-"], input);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = records(&out.stdout);
+    assert_eq!((rows[0]["correct"].clone(), rows[1]["correct"].clone()), (Value::Bool(true), Value::Bool(false)));
+}
+
+#[test]
+fn keep_going_passes_a_line_that_is_not_utf8_through() {
+    let input = b"{\"completion\": \"#### 1\", \"gold\": \"1\"}\n{\"completion\": \"\xFF\xFE 3\", \"gold\": \"3\"}\n{\"completion\": \"#### 3\", \"gold\": \"3\"}\n";
+    let out = run_with_bytes(&["judge", "--input", "-", "--keep-going"], input);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = records(&out.stdout);
+    assert_eq!(rows.len(), 3, "every line comes out");
+    assert!(rows[1]["error"].as_str().expect("error").contains("<stdin>:2: not UTF-8"), "{}", rows[1]);
+    assert_eq!(rows[2]["correct"], true);
+    // Without --keep-going it is an error naming the line.
+    let out = run_with_bytes(&["judge", "--input", "-"], input);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("<stdin>:2: not UTF-8"));
 }
 
 #[test]

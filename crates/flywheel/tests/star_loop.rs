@@ -115,7 +115,8 @@ fn star_raises_held_out_accuracy_and_keeps_hints_out_of_training_data() {
     std::fs::write(&cfg, edited).expect("write");
     let refused = flywheel(&["resume", run.to_str().expect("utf8")]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("config changed"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("changed since the run started in seed"), "{stderr}");
 }
 
 /// The miniature config, cut down further: only the files matter here, not the accuracy.

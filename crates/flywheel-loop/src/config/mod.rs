@@ -5,6 +5,7 @@
 //! in one file each: [`task`] (`[task]`), [`model`] (`[model]`), [`strategy`] (`[strategy]`, with
 //! its rewards); this file holds the run, `[training]`, `[eval]` and `[early-stop]`.
 
+mod locate;
 mod model;
 mod strategy;
 mod task;
@@ -92,6 +93,34 @@ pub enum FineTuneFrom {
 }
 
 impl TrainingConfig {
+    /// Checks every setting of the table `table` (`training`, `model.base-training`).
+    pub(super) fn validate(&self, table: &str) -> Result<(), String> {
+        if self.steps == 0 {
+            return Err(format!("{table}.steps must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(format!("{table}.batch-size must be at least 1"));
+        }
+        let ranges = [
+            ("learning-rate", self.learning_rate, "a number above 0 and at most 1", self.learning_rate > 0.0 && self.learning_rate <= 1.0),
+            ("weight-decay", self.weight_decay, "a number from 0 to 1", (0.0..=1.0).contains(&self.weight_decay)),
+            ("grad-clip", self.grad_clip, "a number of at least 0 (0: off)", self.grad_clip >= 0.0 && self.grad_clip.is_finite()),
+            ("step-growth", self.step_growth, "a number from 0 to 10", (0.0..=10.0).contains(&self.step_growth)),
+        ];
+        for (key, value, range, ok) in ranges {
+            if !ok {
+                return Err(format!("{table}.{key} must be {range}, got {value}"));
+            }
+        }
+        if self.warmup_steps > self.steps {
+            return Err(format!(
+                "{table}.warmup-steps must be at most steps ({}), got {}",
+                self.steps, self.warmup_steps
+            ));
+        }
+        Ok(())
+    }
+
     /// Steps of iteration `iteration` (1-based): `steps * (1 + step-growth)^(iteration - 1)`.
     pub fn steps_at(&self, iteration: usize) -> usize {
         let exponent = i32::try_from(iteration.saturating_sub(1)).unwrap_or(i32::MAX);
@@ -174,8 +203,12 @@ impl RunConfig {
 
     /// Parses and checks config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, LoopError> {
-        let config: RunConfig =
-            toml::from_str(text).map_err(|e| LoopError::Config { path: origin.to_owned(), message: e.to_string() })?;
+        let config: RunConfig = toml::from_str(text).map_err(|e| {
+            // A mistake inside [task], [model] or [strategy] is reported at the table's header;
+            // read again to name its line and key.
+            let e = locate::locate(text).unwrap_or(e);
+            LoopError::Config { path: origin.to_owned(), message: e.to_string() }
+        })?;
         config.validate().map_err(|message| LoopError::Config { path: origin.to_owned(), message })?;
         Ok(config)
     }
@@ -186,11 +219,18 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name == "." || self.name == ".." || self.name.contains(['/', '\\']) {
+            return Err(format!(
+                "name must be a plain folder name (the default run directory is runs/NAME), got {:?}",
+                self.name
+            ));
+        }
         task::validate_task(&self.task)?;
         self.model.validate()?;
         self.strategy.validate(&self.task)?;
-        if self.training.batch_size == 0 {
-            return Err("training.batch-size must be at least 1".into());
+        self.training.validate("training")?;
+        if self.eval.max_new_tokens == 0 {
+            return Err("eval.max-new-tokens must be at least 1".into());
         }
         if let Some(stop) = &self.early_stop {
             if stop.patience == 0 {

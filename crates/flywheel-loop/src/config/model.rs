@@ -26,15 +26,33 @@ impl ModelConfig {
         }
     }
 
-    /// Checks the LoRA settings of a pretrained model.
+    /// Checks every setting; the message names the key and its allowed range.
     pub(super) fn validate(&self) -> Result<(), String> {
-        let ModelConfig::Pretrained(model) = self else { return Ok(()) };
+        if self.max_batch() == 0 {
+            return Err("model.max-batch must be at least 1".into());
+        }
+        let model = match self {
+            ModelConfig::Embedded(model) => return model.validate(),
+            ModelConfig::Pretrained(model) => model,
+        };
+        if model.path.as_os_str().is_empty() {
+            return Err("model.path must name a GGUF file or a Hugging Face directory".into());
+        }
+        if model.micro_batch_tokens == 0 {
+            return Err("model.micro-batch-tokens must be at least 1".into());
+        }
         let Some(lora) = &model.lora else { return Ok(()) };
         if lora.rank == 0 {
             return Err("model.lora.rank must be at least 1".into());
         }
+        if !(lora.alpha.is_finite() && lora.alpha > 0.0) {
+            return Err(format!("model.lora.alpha must be a number above 0, got {}", lora.alpha));
+        }
         if !(0.0..1.0).contains(&lora.dropout) {
-            return Err("model.lora.dropout must be in [0, 1)".into());
+            return Err(format!("model.lora.dropout must be in [0, 1), got {}", lora.dropout));
+        }
+        if lora.target_modules.is_empty() {
+            return Err(format!("model.lora.target-modules must name at least one of {}", LORA_TARGETS.join(", ")));
         }
         if let Some(bad) = lora.target_modules.iter().find(|m| !LORA_TARGETS.contains(&m.as_str())) {
             return Err(format!("model.lora.target-modules: `{bad}` is not one of {}", LORA_TARGETS.join(", ")));
@@ -110,5 +128,44 @@ pub struct EmbeddedModelConfig {
 
 fn default_max_batch() -> usize {
     256
+}
+
+impl EmbeddedModelConfig {
+    fn validate(&self) -> Result<(), String> {
+        let a = &self.architecture;
+        let counts = [
+            ("hidden-size", a.hidden_size),
+            ("intermediate-size", a.intermediate_size),
+            ("num-hidden-layers", a.num_hidden_layers),
+            ("num-attention-heads", a.num_attention_heads),
+            ("num-key-value-heads", a.num_key_value_heads),
+            ("max-position-embeddings", a.max_position_embeddings),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("model.architecture.{key} must be at least 1"));
+        }
+        if !a.hidden_size.is_multiple_of(a.num_attention_heads) {
+            return Err(format!(
+                "model.architecture.num-attention-heads ({}) must divide hidden-size ({})",
+                a.num_attention_heads, a.hidden_size
+            ));
+        }
+        if !(a.hidden_size / a.num_attention_heads).is_multiple_of(2) {
+            return Err(format!(
+                "model.architecture: the head width hidden-size / num-attention-heads ({}) must be even (RoPE)",
+                a.hidden_size / a.num_attention_heads
+            ));
+        }
+        if !a.num_attention_heads.is_multiple_of(a.num_key_value_heads) {
+            return Err(format!(
+                "model.architecture.num-key-value-heads ({}) must divide num-attention-heads ({})",
+                a.num_key_value_heads, a.num_attention_heads
+            ));
+        }
+        if !(a.rope_theta.is_finite() && a.rope_theta > 0.0) {
+            return Err(format!("model.architecture.rope-theta must be a number above 0, got {}", a.rope_theta));
+        }
+        self.base_training.validate("model.base-training")
+    }
 }
 

@@ -84,6 +84,9 @@ impl StrategyConfig {
         }
         match self {
             StrategyConfig::Star(c) => {
+                if c.rationalization && c.rationalization_samples == 0 {
+                    return Err("strategy.rationalization-samples must be at least 1".into());
+                }
                 if c.keep_per_problem == 0 {
                     return Err("strategy.keep-per-problem must be at least 1".into());
                 }

@@ -135,6 +135,13 @@ pub(super) fn validate_task(task: &TaskConfig) -> Result<(), String> {
                     task.seed_examples.len()
                 ));
             }
+            if task.train_per_length == 0 || task.eval_per_length == 0 {
+                let key = if task.train_per_length == 0 { "train-per-length" } else { "eval-per-length" };
+                return Err(format!("task.{key} must be at least 1"));
+            }
+            if task.seed_examples.iter().all(|&n| n == 0) {
+                return Err("task.seed-examples: the base model needs at least one seed example".into());
+            }
             if !(0.0..=1.0).contains(&task.seed_hinted_fraction) {
                 return Err("task.seed-hinted-fraction must be within 0 and 1".into());
             }
@@ -143,8 +150,9 @@ pub(super) fn validate_task(task: &TaskConfig) -> Result<(), String> {
             }
         }
         TaskConfig::ArithWord(task) => {
-            if task.eval_problems == 0 {
-                return Err("task.eval-problems must be at least 1".into());
+            if task.train_problems == 0 || task.eval_problems == 0 {
+                let key = if task.train_problems == 0 { "train-problems" } else { "eval-problems" };
+                return Err(format!("task.{key} must be at least 1"));
             }
             if !(0.0..=1.0).contains(&task.two_step_fraction) {
                 return Err(format!("task.two-step-fraction must be within 0 and 1, got {}", task.two_step_fraction));

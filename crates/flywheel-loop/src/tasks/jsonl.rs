@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use flywheel_core::Problem;
-use flywheel_verify::Verifier;
+use flywheel_verify::{Format, Verifier};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -81,6 +81,12 @@ fn read_problems(path: &Path, split: &str, config: &JsonlConfig) -> Result<Vec<P
             Some(name) => field(&object, name, true).map_err(&fail)?,
             None => String::new(),
         };
+        if answer.contains("####") && Verifier::new(Format::Gsm8k).extract(&answer).is_none() {
+            return Err(fail(format!(
+                "field \"{}\" has a `####` marker with no answer after it",
+                config.answer_field
+            )));
+        }
         let gold = Verifier::gold_answer(&answer);
         if gold.is_empty() {
             return Err(fail(format!("field \"{}\" holds no answer", config.answer_field)));
