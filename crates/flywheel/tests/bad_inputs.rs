@@ -312,9 +312,11 @@ fn run_directories() {
 #[test]
 fn signals() {
     let _serial = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Iteration 1 trains long enough (about two seconds) for the signal to land inside it.
+    let slow = CONFIG.replace("[training]\nsteps = 40", "[training]\nsteps = 1500");
     for signal in ["INT", "TERM"] {
         let ws = Workspace::new();
-        ws.write("tiny.toml", CONFIG);
+        ws.write("tiny.toml", &slow);
         let before = ws.files(Some("run"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_flywheel"))
             .args(["run", "tiny.toml", "--run-dir", "run"])
@@ -324,7 +326,7 @@ fn signals() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        let marker = ws.path().join("run/iter-0001");
+        let marker = ws.path().join("run/iter-0001/samples.jsonl");
         let started = std::time::Instant::now();
         while !marker.exists() {
             assert!(child.try_wait().expect("wait").is_none(), "the run ended before the signal");
