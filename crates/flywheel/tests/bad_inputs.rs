@@ -336,7 +336,14 @@ fn signals() {
         let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().expect("kill");
         assert!(status.success());
         let out = child.wait_with_output().expect("reap");
-        assert!(!out.status.success(), "SIG{signal}: the run ended normally");
+        if inherited_ignored(signal) {
+            // A shell running this test in the background ignores SIGINT for its children, and so
+            // does the run: it must then simply go on to the end.
+            eprintln!("note: SIG{signal} is ignored in this environment (inherited); the run must finish");
+            assert!(out.status.success(), "SIG{signal} (ignored): {}", String::from_utf8_lossy(&out.stderr));
+        } else {
+            assert!(!out.status.success(), "SIG{signal}: the run ended normally");
+        }
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "SIG{signal}");
 
         let resumed = ws.flywheel(&["resume", "run"]);
@@ -352,4 +359,21 @@ fn signals() {
         assert!(stray.is_empty(), "SIG{signal}: scratch files left: {stray:?}");
         assert_eq!(before, ws.files(Some("run")), "SIG{signal}: a file outside the run changed");
     }
+}
+
+/// Whether this process ignores `signal` (`INT` or `TERM`), as a child started by a
+/// non-interactive shell in the background does; children inherit it.
+fn inherited_ignored(signal: &str) -> bool {
+    let number = match signal {
+        "INT" => 2,
+        "TERM" => 15,
+        other => panic!("unknown signal {other}"),
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    mask & (1 << (number - 1)) != 0
 }
