@@ -58,6 +58,11 @@ pub(crate) fn make_batch(examples: &[&TokenizedExample], pad_id: u32, device: &D
 /// Mean cross-entropy of `batch`'s targets (differentiable, plain tensor ops).
 pub(crate) fn batch_loss(model: &LlamaModel, batch: &Batch) -> Result<Tensor> {
     let hidden = model.forward_hidden_mode(&batch.input_ids, &batch.position_ids, None, true)?;
+    loss_of_hidden(model, &hidden, batch)
+}
+
+/// Mean cross-entropy of `batch`'s targets given the final hidden states `(batch, seq, hidden)`.
+fn loss_of_hidden(model: &LlamaModel, hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
     let d = model.config().hidden_size;
     let rows = hidden.reshape(((), d))?.index_select(&batch.target_rows, 0)?;
     let logits = model.project(&rows)?; // (n, vocab)
@@ -111,26 +116,90 @@ pub(crate) fn accumulate_gradients(
     for part in micro_batches(examples, options.micro_batch_tokens.max(1)) {
         let batch = make_batch(&part, options.pad_id, &model.device)?;
         let share = batch.targets.dim(0)? as f64 / total as f64;
+        acc.tokens += batch.tokens;
+        if options.checkpoint_layers {
+            acc.loss += checkpointed_backward(model, vars, &batch, share, &mut acc.grads)?;
+            continue;
+        }
         let loss = (batch_loss(model, &batch)? * share)?;
         acc.loss += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        acc.tokens += batch.tokens;
-        let grads = loss.backward()?;
-        for v in vars {
-            if let Some(g) = grads.get(v) {
-                let sum = match acc.grads.remove(v) {
-                    Some(prev) => (prev + g)?,
-                    None => g.clone(),
-                };
-                acc.grads.insert(v, sum);
-            }
-        }
+        add_grads(&mut acc.grads, vars, &loss.backward()?)?;
     }
     Ok(acc)
+}
+
+/// Adds the gradients of `vars` in `grads` to `acc`.
+fn add_grads(acc: &mut GradStore, vars: &[Var], grads: &GradStore) -> Result<()> {
+    for v in vars {
+        if let Some(g) = grads.get(v) {
+            let sum = match acc.remove(v) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            acc.insert(v, sum);
+        }
+    }
+    Ok(())
+}
+
+/// The loss of `batch` (weighted by `share`) and its gradients, added to `acc`, with activations
+/// recomputed layer by layer (gradient checkpointing): the forward pass keeps only each layer's
+/// input, and the backward pass rebuilds one layer's graph at a time, from that input and the
+/// dropout masks it drew, then backpropagates the gradient of the layer's output through it (as
+/// the gradient of `sum(output · g)`). Peak memory holds one layer's graph instead of all of them,
+/// for one more forward pass of compute. Returns the weighted loss.
+fn checkpointed_backward(
+    model: &LlamaModel,
+    vars: &[Var],
+    batch: &Batch,
+    share: f64,
+    acc: &mut GradStore,
+) -> Result<f64> {
+    let ctx = model.layer_context(&batch.input_ids, &batch.position_ids, None)?;
+    let layers = model.layers.len();
+    let mut inputs = Vec::with_capacity(layers);
+    let mut dropout = Vec::with_capacity(layers);
+    let mut x = model.embed_tokens(&batch.input_ids)?.detach();
+    for li in 0..layers {
+        dropout.push(model.dropout_state());
+        let out = model.layer(li, &x, &ctx, true)?.detach();
+        inputs.push(x);
+        x = out;
+    }
+    let after = model.dropout_state();
+
+    // The head: final norm, output projection and loss, from the last layer's output.
+    let top = Var::from_tensor(&x)?;
+    let loss = (loss_of_hidden(model, &model.final_norm(top.as_tensor(), &ctx)?, batch)? * share)?;
+    let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let grads = loss.backward()?;
+    add_grads(acc, vars, &grads)?;
+    let mut upstream = grads.get(&top).cloned();
+
+    for li in (0..layers).rev() {
+        let Some(g) = upstream.take() else { break };
+        let input = Var::from_tensor(&inputs.pop().expect("one input per layer"))?;
+        model.set_dropout_state(dropout.pop().expect("one state per layer"));
+        let out = model.layer(li, input.as_tensor(), &ctx, true)?;
+        let grads = (out * g)?.sum_all()?.backward()?;
+        add_grads(acc, vars, &grads)?;
+        upstream = grads.get(&input).cloned();
+    }
+    // The embeddings, when they train (full fine-tuning).
+    if let Some(g) = upstream {
+        let embedded = model.embed_tokens(&batch.input_ids)?;
+        if embedded.track_op() {
+            add_grads(acc, vars, &(embedded * g)?.sum_all()?.backward()?)?;
+        }
+    }
+    model.set_dropout_state(after);
+    Ok(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lora::Proj;
 
     fn ex(len: usize) -> TokenizedExample {
         TokenizedExample { ids: vec![3; len], target: (0..len).map(|i| i + 1 == len).collect() }
@@ -181,5 +250,64 @@ mod tests {
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-5, "{diff}");
         }
+    }
+
+    /// Largest difference between the two runs' gradients over every variable, relative to the
+    /// largest gradient.
+    fn gradient_gap(a: &Accumulated, b: &Accumulated, vars: &[Var]) -> f32 {
+        let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = vars.iter().map(|v| max(a.grads.get(v).expect("gradient"))).fold(0.0, f32::max);
+        let gap = vars
+            .iter()
+            .map(|v| max(&(a.grads.get(v).expect("gradient") - b.grads.get(v).expect("gradient")).unwrap()))
+            .fold(0.0, f32::max);
+        gap / scale
+    }
+
+    /// Gradient checkpointing gives the gradients of the whole graph: full fine-tuning (tied
+    /// embeddings, every parameter) and LoRA with dropout (the recomputed layers replay the masks),
+    /// within 1e-5 of the largest gradient, and leaves the dropout generator where the plain pass does.
+    #[test]
+    fn checkpointed_layers_give_the_same_gradients() {
+        let exs = [ex(4), ex(9), ex(7), ex(12), ex(5)];
+        let refs: Vec<&TokenizedExample> = exs.iter().collect();
+        let plain = TrainOptions { micro_batch_tokens: 24, ..Default::default() };
+        let checkpointed = TrainOptions { checkpoint_layers: true, ..plain.clone() };
+        for tied in [true, false] {
+            let (model, _) = crate::testing::small_model(3, tied);
+            let vars: Vec<Var> = model.named_vars().into_iter().map(|(_, v)| v).collect();
+            let a = accumulate_gradients(&model, &vars, &refs, &plain).unwrap();
+            let b = accumulate_gradients(&model, &vars, &refs, &checkpointed).unwrap();
+            assert!((a.loss - b.loss).abs() < 1e-6, "{} {}", a.loss, b.loss);
+            let gap = gradient_gap(&a, &b, &vars);
+            assert!(gap < 1e-5, "full fine-tuning, tied {tied}: {gap}");
+        }
+        let lora = |model: &mut LlamaModel| {
+            let config = crate::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Proj::ALL.to_vec() };
+            model.attach_lora(config, 9).unwrap();
+            // B = 0 would make every gradient of A zero: give B a value.
+            for v in model.trainable_vars() {
+                v.set(&(v.as_tensor().ones_like().unwrap() * 0.05).unwrap()).unwrap();
+            }
+        };
+        let (mut one, _) = crate::testing::small_model(3, true);
+        let (mut two, _) = crate::testing::small_model(3, true);
+        lora(&mut one);
+        lora(&mut two);
+        let vars_one = one.trainable_vars();
+        let a = accumulate_gradients(&one, &vars_one, &refs, &plain).unwrap();
+        let b = accumulate_gradients(&two, &two.trainable_vars(), &refs, &checkpointed).unwrap();
+        assert!((a.loss - b.loss).abs() < 1e-6, "{} {}", a.loss, b.loss);
+        // The two models' variables are distinct objects: compare by position.
+        let vars_two = two.trainable_vars();
+        let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = vars_one.iter().map(|v| max(a.grads.get(v).unwrap())).fold(0.0, f32::max);
+        assert!(scale > 0.0);
+        for (v1, v2) in vars_one.iter().zip(&vars_two) {
+            let gap = max(&(a.grads.get(v1).unwrap() - b.grads.get(v2).unwrap()).unwrap()) / scale;
+            assert!(gap < 1e-5, "LoRA: {gap}");
+        }
+        let next = |m: &LlamaModel| rand::Rng::random::<u64>(&mut m.dropout_state().unwrap());
+        assert_eq!(next(&one), next(&two), "the dropout generator ends where the plain pass leaves it");
     }
 }

@@ -42,6 +42,17 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[a, b], D::Minus1)?)
 }
 
+/// What every layer of one forward pass shares: the batch's shape, RoPE tables at its positions,
+/// the attention mask and the score scale.
+pub(crate) struct LayerContext {
+    b: usize,
+    t: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    scale: f64,
+}
+
 impl LlamaModel {
     /// Runs the decoder and returns the final-normed hidden states, `(batch, seq, hidden_size)`.
     ///
@@ -68,6 +79,21 @@ impl LlamaModel {
         key_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
+        let ctx = self.layer_context(input_ids, position_ids, key_mask)?;
+        let mut x = self.embed_tokens(input_ids)?;
+        for li in 0..self.layers.len() {
+            x = self.layer(li, &x, &ctx, train)?;
+        }
+        self.final_norm(&x, &ctx)
+    }
+
+    /// Checks the inputs of a forward pass and builds what its layers share.
+    pub(crate) fn layer_context(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        key_mask: Option<&Tensor>,
+    ) -> Result<LayerContext> {
         let c = &self.config;
         ensure_u32(input_ids, "input_ids")?;
         ensure_u32(position_ids, "position_ids")?;
@@ -93,35 +119,53 @@ impl LlamaModel {
                 c.vocab_size
             )));
         }
+        let hd = c.head_dim();
+        let positions = position_ids.flatten_all()?;
+        Ok(LayerContext {
+            b,
+            t,
+            cos: self.rope_cos.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
+            sin: self.rope_sin.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
+            mask: self.attention_mask(b, t, key_mask)?,
+            scale: 1.0 / (hd as f64).sqrt(),
+        })
+    }
+
+    /// The token embeddings of `input_ids` `(batch, seq)`, flattened to `(batch * seq, hidden_size)`.
+    pub(crate) fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(self.param(&self.embed).index_select(&input_ids.flatten_all()?, 0)?)
+    }
+
+    /// Decoder layer `li` on the residual stream `x` `(batch * seq, hidden_size)`.
+    pub(crate) fn layer(&self, li: usize, x: &Tensor, ctx: &LayerContext, train: bool) -> Result<Tensor> {
+        let c = &self.config;
+        let layer = &self.layers[li];
+        let (b, t) = (ctx.b, ctx.t);
         let (h, kv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let group = h / kv;
-        let positions = position_ids.flatten_all()?;
-        let cos = self.rope_cos.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?;
-        let sin = self.rope_sin.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?;
-        let mask = self.attention_mask(b, t, key_mask)?;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let hn = rms_norm(x, &self.param(&layer.input_norm), c.rms_norm_eps)?;
+        let heads = |p: Proj, n: usize| -> Result<Tensor> {
+            Ok(self.linear(li, p, &hn, train)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        // Scaling q (t × hd) instead of the scores (t × t) saves a pass over the largest tensor.
+        let q = (rope(&heads(Proj::Q, h)?, &ctx.cos, &ctx.sin)? * ctx.scale)?.reshape((b, kv, group * t, hd))?;
+        let k = rope(&heads(Proj::K, kv)?, &ctx.cos, &ctx.sin)?;
+        let v = heads(Proj::V, kv)?;
+        // Query heads of one group share a key/value head: fold the group into the rows.
+        let scores = q.matmul(&k.transpose(2, 3)?)?.reshape((b, kv, group, t, t))?;
+        let probs = softmax_last_dim(&scores.broadcast_add(&ctx.mask)?)?.reshape((b, kv, group * t, t))?;
+        let attn = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
+        let x = (x + self.linear(li, Proj::O, &attn, train)?)?;
+        let hn = rms_norm(&x, &self.param(&layer.post_norm), c.rms_norm_eps)?;
+        let gate = self.linear(li, Proj::Gate, &hn, train)?.silu()?;
+        let up = self.linear(li, Proj::Up, &hn, train)?;
+        Ok((&x + self.linear(li, Proj::Down, &(gate * up)?, train)?)?)
+    }
 
-        let mut x = self.param(&self.embed).index_select(&input_ids.flatten_all()?, 0)?; // (b*t, d)
-        for (li, layer) in self.layers.iter().enumerate() {
-            let hn = rms_norm(&x, &self.param(&layer.input_norm), c.rms_norm_eps)?;
-            let heads = |p: Proj, n: usize| -> Result<Tensor> {
-                Ok(self.linear(li, p, &hn, train)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-            };
-            // Scaling q (t × hd) instead of the scores (t × t) saves a pass over the largest tensor.
-            let q = (rope(&heads(Proj::Q, h)?, &cos, &sin)? * scale)?.reshape((b, kv, group * t, hd))?;
-            let k = rope(&heads(Proj::K, kv)?, &cos, &sin)?;
-            let v = heads(Proj::V, kv)?;
-            // Query heads of one group share a key/value head: fold the group into the rows.
-            let scores = q.matmul(&k.transpose(2, 3)?)?.reshape((b, kv, group, t, t))?;
-            let probs = softmax_last_dim(&scores.broadcast_add(&mask)?)?.reshape((b, kv, group * t, t))?;
-            let attn = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
-            x = (x + self.linear(li, Proj::O, &attn, train)?)?;
-            let hn = rms_norm(&x, &self.param(&layer.post_norm), c.rms_norm_eps)?;
-            let gate = self.linear(li, Proj::Gate, &hn, train)?.silu()?;
-            let up = self.linear(li, Proj::Up, &hn, train)?;
-            x = (x + self.linear(li, Proj::Down, &(gate * up)?, train)?)?;
-        }
-        Ok(rms_norm(&x, &self.param(&self.norm), c.rms_norm_eps)?.reshape((b, t, c.hidden_size))?)
+    /// The final RMSNorm of the residual stream, reshaped to `(batch, seq, hidden_size)`.
+    pub(crate) fn final_norm(&self, x: &Tensor, ctx: &LayerContext) -> Result<Tensor> {
+        let c = &self.config;
+        Ok(rms_norm(x, &self.param(&self.norm), c.rms_norm_eps)?.reshape((ctx.b, ctx.t, c.hidden_size))?)
     }
 
     /// Projects hidden states `(…, hidden_size)` to logits `(…, vocab_size)`.

@@ -172,6 +172,16 @@ impl Lora {
         Ok(())
     }
 
+    /// The dropout generator's state, to replay the same masks when a layer is recomputed.
+    pub(crate) fn dropout_state(&self) -> StdRng {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the dropout generator's state (see [`Lora::dropout_state`]).
+    pub(crate) fn set_dropout_state(&self, state: StdRng) {
+        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
     /// The adapter of `proj` in `layer`, if it is a target.
     pub fn adapter(&self, layer: usize, proj: Proj) -> Option<&Adapter> {
         self.adapters.get(layer).and_then(|row| row[proj.index()].as_ref())

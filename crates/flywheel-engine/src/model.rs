@@ -279,6 +279,19 @@ impl LlamaModel {
         }
     }
 
+    /// The state of the adapters' dropout generator, if adapters are attached: a layer recomputed
+    /// from this state draws the masks it drew before.
+    pub(crate) fn dropout_state(&self) -> Option<rand::rngs::StdRng> {
+        self.lora.as_ref().map(|l| l.dropout_state())
+    }
+
+    /// Restores a state taken with [`LlamaModel::dropout_state`].
+    pub(crate) fn set_dropout_state(&self, state: Option<rand::rngs::StdRng>) {
+        if let (Some(lora), Some(state)) = (&self.lora, state) {
+            lora.set_dropout_state(state);
+        }
+    }
+
     /// A parameter as the forward pass uses it: detached (a constant) while adapters train.
     pub(crate) fn param(&self, v: &Var) -> Tensor {
         if self.lora.is_some() {

@@ -34,11 +34,23 @@ pub struct TrainOptions {
     /// into micro-batches of at most this many (sorted by length, so padding is small) whose
     /// gradients are summed: the step is the same, the peak memory is bounded.
     pub micro_batch_tokens: usize,
+    /// Recompute each layer's activations in the backward pass instead of keeping every layer's
+    /// graph (gradient checkpointing): the same gradients (up to rounding), a fraction of the
+    /// peak memory, one more forward pass of compute.
+    pub checkpoint_layers: bool,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { min_lr_ratio: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, pad_id: 0, micro_batch_tokens: 1024 }
+        Self {
+            min_lr_ratio: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            pad_id: 0,
+            micro_batch_tokens: 1024,
+            checkpoint_layers: false,
+        }
     }
 }
 

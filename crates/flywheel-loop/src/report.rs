@@ -91,20 +91,22 @@ pub fn render(rows: &[Row]) -> String {
     buckets.dedup();
     let mut out = String::new();
     let _ = write!(out, "{:>4}  {:>8}  {:>7}", "iter", "examples", "overall");
-    for b in &buckets {
-        let _ = write!(out, "  {:>6}", b);
+    // Each bucket's column is as wide as its name (at least 6).
+    let widths: Vec<usize> = buckets.iter().map(|b| b.chars().count().max(6)).collect();
+    for (b, w) in buckets.iter().zip(&widths) {
+        let _ = write!(out, "  {b:>w$}");
     }
     out.push('\n');
     for r in rows {
         let examples = r.examples.map_or("-".to_owned(), |n| n.to_string());
         let _ = write!(out, "{:>4}  {:>8}  {:>6.1}%", r.iteration, examples, r.eval.accuracy * 100.0);
-        for b in &buckets {
+        for (b, &w) in buckets.iter().zip(&widths) {
             match r.eval.by_bucket.get(*b) {
                 Some(a) => {
-                    let _ = write!(out, "  {:>5.1}%", a * 100.0);
+                    let _ = write!(out, "  {:>w$.1}%", a * 100.0, w = w - 1);
                 }
                 None => {
-                    let _ = write!(out, "  {:>6}", "-");
+                    let _ = write!(out, "  {:>w$}", "-");
                 }
             }
         }

@@ -15,6 +15,7 @@ fn shipped_examples_parse() {
         "addition-star-no-rationalization.toml",
         "smollm2-arith-star.toml",
         "smollm2-gsm8k-star.toml",
+        "smollm2-arith-star-new-stories.toml",
     ] {
         let config = RunConfig::load(&examples().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(format!("{}.toml", config.name), name);

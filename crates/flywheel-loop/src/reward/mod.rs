@@ -178,6 +178,7 @@ mod tests {
             max_operand: 100,
             last_number_fallback: false,
             instruction: None,
+            held_out_stories: 0,
         };
         let task = crate::tasks::ChatProblems::arith_word(&task_config, 1).expect("task");
         let mut cx = RewardContext { task: &task, generator: &mut judge, seed: 1, reporter: &NullReporter };

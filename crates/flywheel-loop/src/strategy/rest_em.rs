@@ -78,6 +78,7 @@ mod tests {
             max_operand: 100,
             last_number_fallback: false,
             instruction: None,
+            held_out_stories: 0,
         };
         let task = ChatProblems::arith_word(&task_config, 3).expect("task");
         let answers: std::collections::HashMap<String, String> =

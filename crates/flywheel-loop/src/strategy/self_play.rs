@@ -265,6 +265,7 @@ mod tests {
             max_operand: 100,
             last_number_fallback: false,
             instruction: None,
+            held_out_stories: 0,
         };
         ChatProblems::arith_word(&config, 5).expect("task")
     }

@@ -259,6 +259,7 @@ mod tests {
             max_operand: 100,
             last_number_fallback: false,
             instruction: None,
+            held_out_stories: 0,
         };
         let task = crate::tasks::ChatProblems::arith_word(&task_config, 7).unwrap();
         let shots = task.few_shot();

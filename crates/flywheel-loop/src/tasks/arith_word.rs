@@ -17,6 +17,11 @@
 //! The held-out split is drawn first, from its own seed, so it does not change with the number of
 //! training problems. A training problem never repeats a held-out one: neither its question nor its
 //! story and numbers (the same story told with another name would be the same problem reworded).
+//!
+//! With `held-out-stories = n`, `n` stories of each bucket are never trained on: a second held-out
+//! split of `eval-problems` problems is told with them only (buckets `new-story 1-step` and
+//! `new-story 2-step`), so that a gain on new phrasings (arithmetic) can be told from a gain on
+//! familiar ones (recall). The first held-out split and the training split use the other stories.
 
 use std::collections::HashSet;
 
@@ -31,6 +36,10 @@ use crate::{seeds, LoopError};
 
 /// Largest factor, divisor and quotient of any problem.
 const FACTOR_MAX: u64 = 12;
+
+/// Most stories of each bucket `held-out-stories` may withhold: every bucket keeps at least one to
+/// train on (the 2-step bucket has the fewest stories).
+pub const MAX_HELD_OUT_STORIES: usize = 9;
 
 /// Failed draws in a row after which a split is declared impossible (too few distinct problems).
 const MAX_FAILED_DRAWS: usize = 20_000;
@@ -352,32 +361,94 @@ impl ChatProblems {
     }
 }
 
-/// The held-out split (from its own seed) and the training split that excludes it.
+/// The held-out split (from its own seed; with withheld stories, followed by the new-story split)
+/// and the training split that excludes it.
 fn generate(config: &ArithWordConfig, seed: u64) -> Result<(Vec<Drawn>, Vec<Drawn>), LoopError> {
+    let withheld = withheld_stories(config.held_out_stories, seed);
+    let familiar = |t: usize| !withheld.contains(&t);
     let mut rng = StdRng::seed_from_u64(seeds::derive(seed, "arith-word-eval", 0));
-    let eval = draw_split(&mut rng, config, "eval", config.eval_problems, &HashSet::new(), &HashSet::new())?;
+    let none = (&HashSet::new(), &HashSet::new());
+    let mut eval = draw_split(&mut rng, config, Split::Eval, config.eval_problems, &familiar, none)?;
+    if !withheld.is_empty() {
+        let mut rng = StdRng::seed_from_u64(seeds::derive(seed, "arith-word-new-stories", 0));
+        let new = |t: usize| withheld.contains(&t);
+        eval.extend(draw_split(&mut rng, config, Split::NewStories, config.eval_problems, &new, none)?);
+    }
     let keys: HashSet<Key> = eval.iter().map(|d| d.key).collect();
     let questions: HashSet<&str> = eval.iter().map(|d| d.problem.question.as_str()).collect();
     let mut rng = StdRng::seed_from_u64(seeds::derive(seed, "arith-word-train", 0));
-    let train = draw_split(&mut rng, config, "train", config.train_problems, &keys, &questions)?;
+    let train = draw_split(&mut rng, config, Split::Train, config.train_problems, &familiar, (&keys, &questions))?;
     Ok((eval, train))
 }
 
-/// `count` distinct problems, `two-step-fraction` of them (rounded) two-step, none excluded, shuffled.
+/// `count` stories of each bucket, drawn with `seed`, never to be trained on.
+fn withheld_stories(count: usize, seed: u64) -> HashSet<usize> {
+    if count == 0 {
+        return HashSet::new();
+    }
+    let mut rng = StdRng::seed_from_u64(seeds::derive(seed, "arith-word-stories", 0));
+    let mut withheld = HashSet::new();
+    for steps in [1, 2] {
+        let mut bucket: Vec<usize> = (0..TEMPLATES.len()).filter(|&t| TEMPLATES[t].shape.steps() == steps).collect();
+        bucket.shuffle(&mut rng);
+        withheld.extend(bucket.into_iter().take(count));
+    }
+    withheld
+}
+
+/// Which split a problem is drawn for: it names the problem's id and bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Training problems.
+    Train,
+    /// Held-out problems told with the stories trained on.
+    Eval,
+    /// Held-out problems told with stories never trained on.
+    NewStories,
+}
+
+impl Split {
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Split::Train => "aw-train",
+            Split::Eval => "aw-eval",
+            Split::NewStories => "aw-eval-new",
+        }
+    }
+
+    fn bucket(self, steps: usize) -> String {
+        match self {
+            Split::NewStories => format!("new-story {steps}-step"),
+            _ => format!("{steps}-step"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Eval => "eval",
+            Split::NewStories => "new-story eval",
+        }
+    }
+}
+
+/// `count` distinct problems told with the stories `allowed` accepts, `two-step-fraction` of them
+/// (rounded) two-step, none of the `excluded` keys or questions, shuffled.
 fn draw_split(
     rng: &mut StdRng,
     config: &ArithWordConfig,
-    split: &str,
+    split: Split,
     count: usize,
-    excluded_keys: &HashSet<Key>,
-    excluded_questions: &HashSet<&str>,
+    allowed: &dyn Fn(usize) -> bool,
+    (excluded_keys, excluded_questions): (&HashSet<Key>, &HashSet<&str>),
 ) -> Result<Vec<Drawn>, LoopError> {
     let two_step = ((count as f64 * config.two_step_fraction).round() as usize).min(count);
     let mut keys = HashSet::new();
     let mut questions = HashSet::new();
     let mut drawn: Vec<(Key, String, u64)> = Vec::with_capacity(count);
     for (steps, wanted) in [(1, count - two_step), (2, two_step)] {
-        let templates: Vec<usize> = (0..TEMPLATES.len()).filter(|&t| TEMPLATES[t].shape.steps() == steps).collect();
+        let templates: Vec<usize> =
+            (0..TEMPLATES.len()).filter(|&t| TEMPLATES[t].shape.steps() == steps && allowed(t)).collect();
         let (mut got, mut failed) = (0, 0);
         while got < wanted {
             let template = templates[rng.random_range(0..templates.len())];
@@ -395,8 +466,9 @@ fn draw_split(
                 return Err(LoopError::Task {
                     task: "arith-word",
                     message: format!(
-                        "found only {got} distinct {steps}-step {split} problems of the {wanted} asked for \
+                        "found only {got} distinct {steps}-step {} problems of the {wanted} asked for \
                          (max-operand = {}); ask for fewer or raise max-operand",
+                        split.name(),
                         config.max_operand
                     ),
                 });
@@ -412,10 +484,10 @@ fn draw_split(
         .map(|(i, (key, question, answer))| Drawn {
             key,
             problem: Problem {
-                id: format!("aw-{split}-{i:05}"),
+                id: format!("{}-{i:05}", split.id_prefix()),
                 question,
                 answer: answer.to_string(),
-                bucket: format!("{}-step", TEMPLATES[key.template].shape.steps()),
+                bucket: split.bucket(TEMPLATES[key.template].shape.steps()),
             },
         })
         .collect())

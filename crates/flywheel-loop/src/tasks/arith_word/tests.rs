@@ -15,6 +15,7 @@ fn config(train: usize, eval: usize) -> ArithWordConfig {
         max_operand: 100,
         last_number_fallback: false,
         instruction: None,
+        held_out_stories: 0,
     }
 }
 
@@ -177,4 +178,23 @@ fn no_seed_set_and_an_alphabet_covering_prompts_and_answers() {
         assert!(task.hinted_prompt(p).chars().all(|c| alphabet.contains(c)), "{}", p.question);
     }
     assert!(alphabet.contains('\n') && ('0'..='9').all(|d| alphabet.contains(d)));
+}
+
+#[test]
+fn withheld_stories_are_never_trained_on_and_have_their_own_buckets() {
+    let config = ArithWordConfig { held_out_stories: 3, ..config(400, 100) };
+    let (eval, train) = generate(&config, 5).expect("problems");
+    let new: Vec<&Drawn> = eval.iter().filter(|d| d.problem.bucket.starts_with("new-story")).collect();
+    let familiar: Vec<&Drawn> = eval.iter().filter(|d| !d.problem.bucket.starts_with("new-story")).collect();
+    assert_eq!((new.len(), familiar.len()), (100, 100));
+    let stories = |drawn: &[&Drawn]| drawn.iter().map(|d| d.key.template).collect::<HashSet<usize>>();
+    let withheld = stories(&new);
+    assert_eq!(withheld.len(), 6, "3 stories of each bucket");
+    assert!(withheld.iter().filter(|&&t| TEMPLATES[t].shape.steps() == 1).count() == 3);
+    let trained = stories(&train.iter().collect::<Vec<_>>());
+    assert!(trained.is_disjoint(&withheld), "a withheld story was trained on");
+    assert!(stories(&familiar).is_disjoint(&withheld));
+    assert!(new.iter().all(|d| d.problem.id.starts_with("aw-eval-new-")));
+    let buckets: HashSet<&str> = new.iter().map(|d| d.problem.bucket.as_str()).collect();
+    assert_eq!(buckets, HashSet::from(["new-story 1-step", "new-story 2-step"]));
 }
