@@ -166,3 +166,15 @@ fn engine_can_move_between_threads() {
     fn assert_send<T: Send>() {}
     assert_send::<Engine>();
 }
+
+/// Errors at the trait boundary say what failed: a save is not "training failed".
+#[test]
+fn a_failed_save_is_named_as_such() {
+    let e = engine(1);
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let err = flywheel_core::Checkpoint::save(&e, &blocker.join("model")).unwrap_err().to_string();
+    assert!(err.contains("a-file"), "{err}");
+    assert!(!err.contains("training failed") && !err.contains("generation failed"), "{err}");
+}
