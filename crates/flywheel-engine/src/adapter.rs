@@ -128,9 +128,11 @@ impl AdapterConfig {
     /// `HuggingFaceTB/SmolLM2-135M-Instruct` cannot be fetched: this engine reads local files).
     pub fn base_model(&self, dir: &Path) -> Result<PathBuf> {
         let config = dir.join(ADAPTER_CONFIG_FILE);
-        let base = self.base_model_name_or_path.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
-            EngineError::Adapter(format!("{}: no base_model_name_or_path", config.display()))
-        })?;
+        let base = self
+            .base_model_name_or_path
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| EngineError::Adapter(format!("{}: no base_model_name_or_path", config.display())))?;
         let path = dir.join(base);
         if !path.exists() {
             return Err(EngineError::Adapter(format!(

@@ -4,7 +4,7 @@
 //! `rms_norm`, `softmax_last_dim` and `rope` kernels have none: gradients silently stop at them and
 //! the weights before them never learn. So RMSNorm is `x * 1/sqrt(mean(x²) + eps) * w`, softmax is
 //! `exp(x - max) / sum`, and RoPE is `narrow`/`cat` with cosine and sine tensors. The gradient test
-//! in `train.rs` (every parameter gets a non-zero gradient) and the finite-difference test below
+//! in `train/grad_tests.rs` (every parameter gets a non-zero gradient) and the finite-difference test below
 //! pin this.
 //!
 //! Position ids are an explicit input, so callers may use any position scheme (left padding with

@@ -51,7 +51,8 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     let err = |reason: String| EngineError::Gguf { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| err(format!("not a readable GGUF file: {}", without_backtrace(e))))?;
+    let content =
+        Content::read(&mut reader).map_err(|e| err(format!("not a readable GGUF file: {}", without_backtrace(e))))?;
     let meta = Metadata { map: &content.metadata, path };
     let arch = meta.string("general.architecture")?;
     if arch != "llama" {
@@ -62,7 +63,9 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
         let hf = hf_name(name).ok_or_else(|| err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
-        let q = content.tensor(&mut reader, name, &Device::Cpu).map_err(|e| err(format!("tensor `{name}`: {}", without_backtrace(e))))?;
+        let q = content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(|e| err(format!("tensor `{name}`: {}", without_backtrace(e))))?;
         let mut t = q.dequantize(&Device::Cpu)?;
         crate::checkpoint::check_finite(path, name, &t)?;
         if name.ends_with("attn_q.weight") {

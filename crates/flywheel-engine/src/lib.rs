@@ -15,7 +15,6 @@
 //!   SFT with AdamW), with checkpoint save / load / reset.
 
 mod adapter;
-mod batch;
 mod chat_template;
 mod checkpoint;
 mod config;
@@ -24,8 +23,6 @@ mod error;
 mod forward;
 mod generate;
 mod gguf;
-#[cfg(test)]
-mod grad_tests;
 mod infer;
 mod kernels;
 mod kv_cache;

@@ -101,8 +101,10 @@ pub fn evaluate(
     reporter: &dyn Reporter,
 ) -> crate::Result<(EvalReport, Vec<SampleRecord>, Vec<SampleRecord>)> {
     let problems = task.eval_problems();
-    let greedy = SamplingParams { temperature: 0.0, max_new_tokens: config.max_new_tokens, ..SamplingParams::default() };
-    let records: Vec<SampleRecord> = judged(task, generator, problems, 1, &greedy, reporter)?.into_iter().flatten().collect();
+    let greedy =
+        SamplingParams { temperature: 0.0, max_new_tokens: config.max_new_tokens, ..SamplingParams::default() };
+    let records: Vec<SampleRecord> =
+        judged(task, generator, problems, 1, &greedy, reporter)?.into_iter().flatten().collect();
     let mut report = EvalReport::from_records(&records);
     let mut sampled = Vec::new();
     if config.samples > 0 {

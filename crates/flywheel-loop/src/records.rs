@@ -120,4 +120,3 @@ pub fn answers_first(verifier: &Verifier, completion: &str) -> bool {
     };
     sentence.len() < text.trim_end().len() && verifier.extract(sentence).is_some()
 }
-

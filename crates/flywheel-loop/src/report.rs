@@ -64,7 +64,10 @@ impl RunReport {
 
     /// Wall time of the whole run so far, from its events.
     fn total_seconds(&self) -> f64 {
-        self.rows.iter().map(|r| ["sample", "train", "eval"].iter().map(|p| self.seconds(r.iteration, p)).sum::<f64>()).sum()
+        self.rows
+            .iter()
+            .map(|r| ["sample", "train", "eval"].iter().map(|p| self.seconds(r.iteration, p)).sum::<f64>())
+            .sum()
     }
 }
 
@@ -127,8 +130,20 @@ pub fn render_data(run: &RunReport) -> String {
     let _ = writeln!(
         out,
         "{:>4}  {:>7}  {:>6}  {:>7}  {:>6}  {:>6}  {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>7}  {:>7}  {:>6}",
-        "iter", "drawn", "kept", "correct", "reward", "r-kept", "pairs", "judgeP", "judgeR", "pass@k", "maj@k", "sample s",
-        "train s", "eval s"
+        "iter",
+        "drawn",
+        "kept",
+        "correct",
+        "reward",
+        "r-kept",
+        "pairs",
+        "judgeP",
+        "judgeR",
+        "pass@k",
+        "maj@k",
+        "sample s",
+        "train s",
+        "eval s"
     );
     for r in &run.rows {
         let k = r.iteration;
@@ -191,9 +206,9 @@ pub fn render_side_by_side(runs: &[RunReport]) -> String {
     for k in 1..=last {
         let _ = write!(out, "{k:>4}");
         for r in runs {
-            let cell = r.sample_event(k).map_or("-".to_owned(), |s| {
-                format!("{}/{} ({})", s.kept, s.samples, percent(s.kept_correct))
-            });
+            let cell = r
+                .sample_event(k)
+                .map_or("-".to_owned(), |s| format!("{}/{} ({})", s.kept, s.samples, percent(s.kept_correct)));
             let _ = write!(out, "  {:>width$}", cell);
         }
         out.push('\n');

@@ -127,10 +127,8 @@ impl RunPaths {
     /// The iterations that have a directory, in order.
     pub fn iterations(&self) -> Result<Vec<usize>> {
         let entries = fs::read_dir(&self.root).map_err(|source| LoopError::Io { path: self.root.clone(), source })?;
-        let mut found: Vec<usize> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("iter-")?.parse().ok())
-            .collect();
+        let mut found: Vec<usize> =
+            entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix("iter-")?.parse().ok()).collect();
         found.sort_unstable();
         Ok(found)
     }
@@ -355,7 +353,10 @@ impl RunDir {
         if k > self.config.iterations {
             return Err(LoopError::Corrupt {
                 path: self.state_path(),
-                message: format!("says iteration {k} finished, but the config has {} iterations", self.config.iterations),
+                message: format!(
+                    "says iteration {k} finished, but the config has {} iterations",
+                    self.config.iterations
+                ),
             });
         }
         Ok(())
@@ -412,7 +413,11 @@ fn accept_edit(config_path: &Path, state: &RunState, config: &RunConfig) -> Resu
     let mut changed = Vec::new();
     changed_keys(old, &config_value(config), "", &mut changed);
     let Some(k) = state.completed else {
-        tracing::info!("{}: changed before any iteration finished ({}); accepted", config_path.display(), changed.join(", "));
+        tracing::info!(
+            "{}: changed before any iteration finished ({}); accepted",
+            config_path.display(),
+            changed.join(", ")
+        );
         return Ok(());
     };
     let refused: Vec<&String> = changed
@@ -532,7 +537,8 @@ impl RunLock {
     fn acquire(root: &Path) -> Result<Self> {
         let path = root.join(LOCK_FILE);
         let io = |source| LoopError::Io { path: path.clone(), source };
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        let mut file =
+            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
         let started = std::time::Instant::now();
         let mut locked = file.try_lock();
         while matches!(locked, Err(fs::TryLockError::WouldBlock)) && started.elapsed() < Self::PATIENCE {
@@ -579,8 +585,11 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| LoopError::Dataset { path: path.to_owned(), line: i + 1, message: e.to_string() })
+            serde_json::from_str(line).map_err(|e| LoopError::Dataset {
+                path: path.to_owned(),
+                line: i + 1,
+                message: e.to_string(),
+            })
         })
         .collect()
 }

@@ -48,7 +48,12 @@ pub trait Task {
     fn revise_prompt(&self, problem: &Problem, attempts: &[(&str, &str)]) -> String {
         let mut text = format!("Problem: {}\n\nEarlier attempts were judged wrong:\n", problem.question);
         for (i, (solution, critique)) in attempts.iter().enumerate() {
-            text.push_str(&format!("\nAttempt {}:\n{}\nCritique: {}\n", i + 1, clip(solution, 400), clip(critique, 300)));
+            text.push_str(&format!(
+                "\nAttempt {}:\n{}\nCritique: {}\n",
+                i + 1,
+                clip(solution, 400),
+                clip(critique, 300)
+            ));
         }
         text.push_str("\nAvoid those mistakes and solve the problem again.\n");
         text.push_str(&self.prompt(problem));

@@ -376,7 +376,8 @@ fn a_run_that_failed_before_iteration_zero_finished_starts_again_with_a_fixed_co
     drop(RunDir::create(tmp.path(), &config()).expect("started again"));
     // ...and `resume` accepts any fix of the config, since no iteration finished.
     let path = tmp.path().join("config.toml");
-    let text = std::fs::read_to_string(&path).expect("config").replace("learning-rate = 0.001", "learning-rate = 0.002");
+    let text =
+        std::fs::read_to_string(&path).expect("config").replace("learning-rate = 0.001", "learning-rate = 0.002");
     std::fs::write(&path, text).expect("write");
     let dir = RunDir::open(tmp.path()).expect("a fix before any iteration finished is accepted");
     assert_eq!(dir.config().training.learning_rate, 0.002);
@@ -520,7 +521,8 @@ fn rest_trains_each_improve_step_on_the_samples_above_its_threshold() {
     // Threshold 0 keeps two distinct samples of (nearly) every problem, threshold 1 only right ones.
     let (first, second) = (lines("iter-0001/train.jsonl"), lines("iter-0001/train-2.jsonl"));
     assert!(first > second && second > 0, "{first} then {second}");
-    let trains: Vec<_> = events(tmp.path()).into_iter().filter(|e| e["event"] == "train" && e["iteration"] == 1).collect();
+    let trains: Vec<_> =
+        events(tmp.path()).into_iter().filter(|e| e["event"] == "train" && e["iteration"] == 1).collect();
     assert_eq!(trains.len(), 2, "one training per Improve step");
     assert_eq!((trains[0]["label"].as_str(), trains[1]["label"].as_str()), (Some("reward >= 0"), Some("reward >= 1")));
     let improve = &sample_events(tmp.path())[0]["improve"];
@@ -593,7 +595,9 @@ fn early_stopping_ends_a_stalled_run_and_resume_goes_on() {
     config.iterations = 8;
     config.early_stop = Some(flywheel_loop::config::EarlyStopConfig { patience: 1, min_delta: 0.0 });
     let outcome = run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
-    let Outcome::StoppedEarly(k) = outcome else { panic!("the fake model saturates, yet the run went on: {outcome:?}") };
+    let Outcome::StoppedEarly(k) = outcome else {
+        panic!("the fake model saturates, yet the run went on: {outcome:?}")
+    };
     assert!(k < 8);
     assert!(accuracy(tmp.path(), k) <= accuracy(tmp.path(), k - 1), "it stopped because accuracy did not rise");
     assert!(!tmp.path().join(format!("iter-{:04}", k + 1)).exists());

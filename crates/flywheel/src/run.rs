@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use flywheel_loop::config::ModelConfig;
-use flywheel_loop::rundir::{jsonl_bytes, PendingFile, RunDir};
 use flywheel_loop::report::{self, RunReport};
+use flywheel_loop::rundir::{jsonl_bytes, PendingFile, RunDir};
 use flywheel_loop::{seeds, tasks, Outcome, RunConfig, Runner};
 
 use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs};

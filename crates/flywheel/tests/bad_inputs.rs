@@ -140,7 +140,11 @@ fn judge_input() {
     let ws = Workspace::new();
     let good = "{\"completion\": \"#### 4\", \"gold\": \"4\"}";
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
-        ("not-json.jsonl", format!("{good}\n{{\"completion\": \"#### 4\",\n").into_bytes(), &["not-json.jsonl:2", "invalid JSON"]),
+        (
+            "not-json.jsonl",
+            format!("{good}\n{{\"completion\": \"#### 4\",\n").into_bytes(),
+            &["not-json.jsonl:2", "invalid JSON"],
+        ),
         ("array.jsonl", b"[1, 2]\n".to_vec(), &["array.jsonl:1", "expected a JSON object"]),
         ("no-gold.jsonl", b"{\"completion\": \"#### 4\"}".to_vec(), &["no-gold.jsonl:1", "missing field `gold`"]),
         ("gold-type.jsonl", b"{\"completion\": \"x\", \"gold\": [4]}".to_vec(), &["gold-type.jsonl:1", "`gold`"]),
@@ -162,7 +166,11 @@ fn configs() {
     let ws = Workspace::new();
     let cases: &[(&str, &str, &[&str])] = &[
         ("learning-rate = 0.004\n\n[strategy]", "learning-rate = nan\n\n[strategy]", &["base-training.learning-rate"]),
-        ("[training]\nsteps = 40\nbatch-size = 16", "[training]\nsteps = 40\nbatch-size = 0", &["training.batch-size", "at least 1"]),
+        (
+            "[training]\nsteps = 40\nbatch-size = 16",
+            "[training]\nsteps = 40\nbatch-size = 0",
+            &["training.batch-size", "at least 1"],
+        ),
         ("temperature = 0.8", "temperature = -1.0", &["strategy.temperature", "at least 0"]),
         ("temperature = 0.8", "temperature = 0.8\ntop-p = 1.5", &["strategy.top-p", "(0, 1]"]),
         ("max-new-tokens = 40\nrationalization", "max-new-tokens = 0\nrationalization", &["strategy.max-new-tokens"]),
@@ -277,7 +285,11 @@ fn run_directories() {
     ws.refused(&["run", "tiny.toml", "--run-dir", "mine"], None, &["new or empty directory", "config.toml"]);
     ws.refused(&["resume", "nowhere"], None, &["nowhere", "no state.json"]);
     ws.refused(&["resume", "mine"], None, &["mine", "no state.json"]);
-    ws.refused(&["eval", "tiny.toml", "--model", "nowhere", "--samples", "no/such/dir/out.jsonl"], None, &["out.jsonl"]);
+    ws.refused(
+        &["eval", "tiny.toml", "--model", "nowhere", "--samples", "no/such/dir/out.jsonl"],
+        None,
+        &["out.jsonl"],
+    );
     ws.refused(&["eval", "tiny.toml", "--model", "nowhere", "--samples", "."], None, &["directory"]);
     ws.refused(&["bench", "sampling", "--samples", "0"], None, &["--samples"]);
     ws.refused(&["resume", "mine", "--iterations", "0"], None, &["--iterations"]);
@@ -333,7 +345,8 @@ fn signals() {
             assert!(started.elapsed().as_secs() < 300, "iteration 1 never started");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().expect("kill");
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().expect("kill");
         assert!(status.success());
         let out = child.wait_with_output().expect("reap");
         if inherited_ignored(signal) {

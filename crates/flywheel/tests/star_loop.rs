@@ -193,7 +193,10 @@ fn self_play_and_rest_em_run_end_to_end() {
             "[strategy]\ntype = \"self-play\"\nsamples-per-problem = 2\ntemperature = 0.8\nmax-new-tokens = 40\n\
              judge-max-new-tokens = 12\nrevisions = 1\n",
         ),
-        ("rest-em", "[strategy]\ntype = \"rest-em\"\nsamples-per-problem = 2\ntemperature = 0.8\nmax-new-tokens = 40\n"),
+        (
+            "rest-em",
+            "[strategy]\ntype = \"rest-em\"\nsamples-per-problem = 2\ntemperature = 0.8\nmax-new-tokens = 40\n",
+        ),
     ] {
         let config = tmp.path().join(format!("{name}.toml"));
         std::fs::write(&config, with_strategy(strategy)).expect("config");
@@ -210,10 +213,17 @@ fn self_play_and_rest_em_run_end_to_end() {
         assert!(run.join("iter-0001/pairs.jsonl").exists() && run.join("iter-0001/eval.json").exists());
         if name == "self-play" {
             let judge = &sample["judge"];
-            let judged: u64 = ["true_positive", "false_positive", "true_negative", "false_negative", "unparsed_right", "unparsed_wrong"]
-                .iter()
-                .map(|k| judge[k].as_u64().expect("count"))
-                .sum();
+            let judged: u64 = [
+                "true_positive",
+                "false_positive",
+                "true_negative",
+                "false_negative",
+                "unparsed_right",
+                "unparsed_wrong",
+            ]
+            .iter()
+            .map(|k| judge[k].as_u64().expect("count"))
+            .sum();
             assert!(judged >= sample["samples"].as_u64().expect("samples"), "every solution is judged: {sample}");
             // The judge was taught its verdicts by the seed set: it gives them.
             let parsed = judged - judge["unparsed_right"].as_u64().unwrap() - judge["unparsed_wrong"].as_u64().unwrap();

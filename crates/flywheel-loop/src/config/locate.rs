@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{
-    AdditionConfig, ArithWordConfig, EmbeddedModelConfig, JsonlConfig, PretrainedModelConfig, RestConfig,
-    RestEmConfig, SelfPlayConfig, StarConfig,
+    AdditionConfig, ArithWordConfig, EmbeddedModelConfig, JsonlConfig, PretrainedModelConfig, RestConfig, RestEmConfig,
+    SelfPlayConfig, StarConfig,
 };
 
 #[derive(Deserialize)]

@@ -102,9 +102,19 @@ impl TrainingConfig {
             return Err(format!("{table}.batch-size must be at least 1"));
         }
         let ranges = [
-            ("learning-rate", self.learning_rate, "a number above 0 and at most 1", self.learning_rate > 0.0 && self.learning_rate <= 1.0),
+            (
+                "learning-rate",
+                self.learning_rate,
+                "a number above 0 and at most 1",
+                self.learning_rate > 0.0 && self.learning_rate <= 1.0,
+            ),
             ("weight-decay", self.weight_decay, "a number from 0 to 1", (0.0..=1.0).contains(&self.weight_decay)),
-            ("grad-clip", self.grad_clip, "a number of at least 0 (0: off)", self.grad_clip >= 0.0 && self.grad_clip.is_finite()),
+            (
+                "grad-clip",
+                self.grad_clip,
+                "a number of at least 0 (0: off)",
+                self.grad_clip >= 0.0 && self.grad_clip.is_finite(),
+            ),
             ("step-growth", self.step_growth, "a number from 0 to 10", (0.0..=10.0).contains(&self.step_growth)),
         ];
         for (key, value, range, ok) in ranges {
@@ -192,7 +202,6 @@ pub struct EarlyStopConfig {
     #[serde(default)]
     pub min_delta: f64,
 }
-
 
 impl RunConfig {
     /// Reads and checks a config file.

@@ -177,4 +177,3 @@ impl EmbeddedModelConfig {
         self.base_training.validate("model.base-training")
     }
 }
-

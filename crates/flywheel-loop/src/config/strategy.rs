@@ -94,8 +94,12 @@ impl StrategyConfig {
             StrategyConfig::Rest(c) => {
                 c.reward.validate()?;
                 match (&c.thresholds[..], c.top_fraction) {
-                    ([], None) => return Err("strategy: ReST needs `thresholds` (one per Improve step) or `top-fraction`".into()),
-                    ([_, ..], Some(_)) => return Err("strategy: give either `thresholds` or `top-fraction`, not both".into()),
+                    ([], None) => {
+                        return Err("strategy: ReST needs `thresholds` (one per Improve step) or `top-fraction`".into())
+                    }
+                    ([_, ..], Some(_)) => {
+                        return Err("strategy: give either `thresholds` or `top-fraction`, not both".into())
+                    }
                     (_, Some(f)) if !(f > 0.0 && f <= 1.0) => {
                         return Err(format!("strategy.top-fraction must be in (0, 1], got {f}"))
                     }
@@ -357,7 +361,8 @@ impl Default for RewardConfig {
 
 impl RewardConfig {
     fn validate(&self) -> Result<(), String> {
-        let weights = [("correctness", self.correctness), ("arithmetic", self.arithmetic), ("self-judge", self.self_judge)];
+        let weights =
+            [("correctness", self.correctness), ("arithmetic", self.arithmetic), ("self-judge", self.self_judge)];
         if let Some((key, w)) = weights.iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
             return Err(format!("strategy.reward.{key} must be a weight of at least 0, got {w}"));
         }

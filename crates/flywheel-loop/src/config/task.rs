@@ -131,7 +131,6 @@ fn default_answer_field() -> String {
     "answer".to_owned()
 }
 
-
 pub(super) fn validate_task(task: &TaskConfig) -> Result<(), String> {
     match task {
         TaskConfig::Addition(task) => {
@@ -156,7 +155,10 @@ pub(super) fn validate_task(task: &TaskConfig) -> Result<(), String> {
                 return Err("task.seed-hinted-fraction must be within 0 and 1".into());
             }
             if !(0.0..=1.0).contains(&task.seed_judge_fraction) {
-                return Err(format!("task.seed-judge-fraction must be within 0 and 1, got {}", task.seed_judge_fraction));
+                return Err(format!(
+                    "task.seed-judge-fraction must be within 0 and 1, got {}",
+                    task.seed_judge_fraction
+                ));
             }
         }
         TaskConfig::ArithWord(task) => {

@@ -137,7 +137,12 @@ mod tests {
     use crate::strategy::testing::{completion, Scripted};
 
     fn problem() -> Problem {
-        Problem { id: "p".into(), question: "8 boxes of 4 pens and 8 more pens?".into(), answer: "40".into(), bucket: String::new() }
+        Problem {
+            id: "p".into(),
+            question: "8 boxes of 4 pens and 8 more pens?".into(),
+            answer: "40".into(),
+            bucket: String::new(),
+        }
     }
 
     fn records(texts: &[&str]) -> Vec<SampleRecord> {
@@ -170,7 +175,8 @@ mod tests {
         let p = problem();
         let items: Vec<(&Problem, &SampleRecord)> = recs.iter().map(|r| (&p, r)).collect();
         // The judge rates the first 8/10 and answers the second with something unreadable.
-        let mut judge = Scripted(|prompt: &str, _| if prompt.contains("32 + 8") { "8".into() } else { "great!".into() });
+        let mut judge =
+            Scripted(|prompt: &str, _| if prompt.contains("32 + 8") { "8".into() } else { "great!".into() });
         let task_config = crate::config::ArithWordConfig {
             train_problems: 1,
             eval_problems: 1,

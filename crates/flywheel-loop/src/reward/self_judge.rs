@@ -29,7 +29,9 @@ impl Reward for SelfJudge {
         let scale = self.config.scale.round() as u32;
         let requests: Vec<GenerationRequest> = items
             .iter()
-            .map(|(problem, record)| GenerationRequest::new(cx.task.rating_prompt(problem, &record.completion, scale), 1))
+            .map(|(problem, record)| {
+                GenerationRequest::new(cx.task.rating_prompt(problem, &record.completion, scale), 1)
+            })
             .collect();
         let params = SamplingParams {
             temperature: self.config.temperature,
@@ -105,8 +107,21 @@ mod tests {
             assert_eq!(parse_rating(reply, 10.0), expected, "{reply:?}");
         }
         for reply in [
-            "", "great!", "11", "-3", "7 or 8", "7/5", "7 out of 100", "I'd say 7", "Score 7", "7, because the steps hold",
-            "1.2.3", ".", "Score:", "ééé7", "7 ü",
+            "",
+            "great!",
+            "11",
+            "-3",
+            "7 or 8",
+            "7/5",
+            "7 out of 100",
+            "I'd say 7",
+            "Score 7",
+            "7, because the steps hold",
+            "1.2.3",
+            ".",
+            "Score:",
+            "ééé7",
+            "7 ü",
         ] {
             assert_eq!(parse_rating(reply, 10.0), None, "{reply:?}");
         }

@@ -119,12 +119,7 @@ impl Strategy for Rest {
             let examples = kept.iter().map(|&i| training_example(task, owners[i], &samples[i])).collect();
             sets.push(TrainingSet { label: filter.label(), examples });
         }
-        Ok(Collected {
-            samples,
-            sets,
-            tokens,
-            stats: StrategyStats::Rest { improve, reward_missing: scores.missing },
-        })
+        Ok(Collected { samples, sets, tokens, stats: StrategyStats::Rest { improve, reward_missing: scores.missing } })
     }
 }
 

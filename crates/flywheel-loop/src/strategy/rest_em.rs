@@ -95,7 +95,8 @@ mod tests {
             }
         });
         let config: RestEmConfig =
-            toml::from_str("samples-per-problem = 6\ntemperature = 1.0\nmax-new-tokens = 9\nmax-per-problem = 2").unwrap();
+            toml::from_str("samples-per-problem = 6\ntemperature = 1.0\nmax-new-tokens = 9\nmax-per-problem = 2")
+                .unwrap();
         let mut cx = Context { task: &task, generator: &mut model, judge: None, seed: 9, reporter: &NullReporter };
         let out = RestEm::new(config).collect(&mut cx).expect("collect");
         assert_eq!(out.samples.len(), 24);

@@ -136,12 +136,20 @@ impl SelfPlay {
 
     /// Judges every record of `groups` (the solutions of `problems[i]` in `groups[i]`) in one
     /// batch, setting its judge record and its reward (the quality). Returns the tokens generated.
-    fn judge(&self, cx: &mut Context<'_>, problems: &[&Problem], groups: &mut [Vec<SampleRecord>], seed: u64) -> crate::Result<u64> {
+    fn judge(
+        &self,
+        cx: &mut Context<'_>,
+        problems: &[&Problem],
+        groups: &mut [Vec<SampleRecord>],
+        seed: u64,
+    ) -> crate::Result<u64> {
         let requests: Vec<GenerationRequest> = problems
             .iter()
             .zip(groups.iter())
             .flat_map(|(p, records)| {
-                records.iter().map(|r| GenerationRequest::new(cx.task.judge_prompt(p, &r.completion), self.config.judge_samples))
+                records
+                    .iter()
+                    .map(|r| GenerationRequest::new(cx.task.judge_prompt(p, &r.completion), self.config.judge_samples))
             })
             .collect();
         let params = SamplingParams {
@@ -164,7 +172,13 @@ impl SelfPlay {
 
     /// The revision request of a problem: its first rejected solutions, in sampling order, with
     /// their first critiques.
-    fn revise_request(&self, cx: &Context<'_>, problem: &Problem, rejected: &[SampleRecord], shots: &[flywheel_core::Message]) -> GenerationRequest {
+    fn revise_request(
+        &self,
+        cx: &Context<'_>,
+        problem: &Problem,
+        rejected: &[SampleRecord],
+        shots: &[flywheel_core::Message],
+    ) -> GenerationRequest {
         let attempts: Vec<(&str, &str)> = rejected
             .iter()
             .take(ATTEMPTS_SHOWN)
@@ -173,7 +187,8 @@ impl SelfPlay {
                 (r.completion.as_str(), critique)
             })
             .collect();
-        GenerationRequest::new(cx.task.revise_prompt(problem, &attempts), self.config.revisions).with_context(shots.to_vec())
+        GenerationRequest::new(cx.task.revise_prompt(problem, &attempts), self.config.revisions)
+            .with_context(shots.to_vec())
     }
 }
 
@@ -306,7 +321,8 @@ mod tests {
 
     #[test]
     fn incorrect_is_never_read_as_correct() {
-        let out = play(config(""), |right, _| if right { "Each step holds. CORRECT" } else { "The sum is off: incorrect." });
+        let out =
+            play(config(""), |right, _| if right { "Each step holds. CORRECT" } else { "The sum is off: incorrect." });
         let t = tally(&out);
         assert_eq!((t.true_positive, t.true_negative, t.false_positive, t.false_negative), (6, 6, 0, 0));
         assert_eq!((t.precision(), t.recall()), (Some(1.0), Some(1.0)));
@@ -347,7 +363,8 @@ mod tests {
     #[test]
     fn kept_revisions_train_with_the_plain_prompt() {
         // The judge approves only revisions, so every problem is revised and its revision kept.
-        let out = play(config("revisions = 1"), |_, prompt| if prompt.contains("Revised") { "CORRECT" } else { "INCORRECT" });
+        let out =
+            play(config("revisions = 1"), |_, prompt| if prompt.contains("Revised") { "CORRECT" } else { "INCORRECT" });
         let StrategyStats::SelfPlay(stats) = &out.stats else { unreachable!() };
         assert_eq!((stats.revised_problems, stats.revisions_kept), (6, 6));
         assert!(out.samples.iter().filter(|r| r.kept).all(|r| r.revision && r.completion.starts_with("Revised")));
@@ -370,7 +387,8 @@ mod tests {
             assert!(prompt.contains("Proposed solution"), "the judge was asked to solve: {prompt}");
             "INCORRECT".to_owned()
         });
-        let mut cx = Context { task: &task, generator: &mut solver, judge: Some(&mut judge), seed: 4, reporter: &NullReporter };
+        let mut cx =
+            Context { task: &task, generator: &mut solver, judge: Some(&mut judge), seed: 4, reporter: &NullReporter };
         let out = SelfPlay::new(config("judge-model = \"base\"")).collect(&mut cx).expect("collect");
         // Two solutions of each of the 6 problems, then one revision each: all wrong, all rejected.
         assert_eq!(tally(&out).true_negative, 12 + 6);
@@ -380,14 +398,16 @@ mod tests {
     fn quality_selection_is_best_first_and_capped() {
         let mut records: Vec<SampleRecord> = ["a", "b", "c", " b "]
             .iter()
-            .map(|t| crate::records::judge_completions(
-                &flywheel_verify::Verifier::new(flywheel_verify::Format::Auto),
-                &task().train_problems()[0],
-                "q",
-                &[crate::strategy::testing::completion(t)],
-                false,
-            )
-            .remove(0))
+            .map(|t| {
+                crate::records::judge_completions(
+                    &flywheel_verify::Verifier::new(flywheel_verify::Format::Auto),
+                    &task().train_problems()[0],
+                    "q",
+                    &[crate::strategy::testing::completion(t)],
+                    false,
+                )
+                .remove(0)
+            })
             .collect();
         for (r, q) in records.iter_mut().zip([0.5, 1.0, 0.75, 1.0]) {
             r.reward = q;

@@ -123,7 +123,8 @@ impl Task for Addition {
         let Some((a, b)) = problem.question.split_once('+') else { return 0.0 };
         let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else { return 0.0 };
         let truth = scratchpad(a, b);
-        let (right, written): (Vec<&str>, Vec<&str>) = (truth.lines().collect(), completion.trim_end().lines().collect());
+        let (right, written): (Vec<&str>, Vec<&str>) =
+            (truth.lines().collect(), completion.trim_end().lines().collect());
         let matching = right.iter().zip(&written).filter(|(r, w)| r == w).count();
         matching as f64 / right.len().max(written.len()) as f64
     }
@@ -318,7 +319,11 @@ mod tests {
             // The verdict taught is the truth: a flawed scratchpad's answer is wrong.
             let correct = verifier.judge(pad, &sum.to_string()).correct;
             assert_eq!(e.messages[1].content, if correct { "CORRECT" } else { "INCORRECT" }, "{prompt}");
-            if correct { right += 1 } else { wrong += 1 }
+            if correct {
+                right += 1
+            } else {
+                wrong += 1
+            }
         }
         assert!(right > 0 && wrong > 0 && right.abs_diff(wrong) <= 5, "{right} right, {wrong} wrong");
     }

@@ -82,10 +82,7 @@ fn read_problems(path: &Path, split: &str, config: &JsonlConfig) -> Result<Vec<P
             None => String::new(),
         };
         if answer.contains("####") && Verifier::new(Format::Gsm8k).extract(&answer).is_none() {
-            return Err(fail(format!(
-                "field \"{}\" has a `####` marker with no answer after it",
-                config.answer_field
-            )));
+            return Err(fail(format!("field \"{}\" has a `####` marker with no answer after it", config.answer_field)));
         }
         let gold = Verifier::gold_answer(&answer);
         if gold.is_empty() {

@@ -9,10 +9,10 @@
 
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 
+use super::options::TrainOptions;
 use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
 use crate::template::TokenizedExample;
-use crate::train::TrainOptions;
 
 /// One padded batch: inputs, positions, and which flattened rows predict which target.
 pub(crate) struct Batch {

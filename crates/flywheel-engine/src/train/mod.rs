@@ -3,6 +3,14 @@
 //! nanoGPT's loop, on one screen: draw a batch from a seeded shuffle, sum its gradients over
 //! micro-batches (`batch.rs`: right-padded, cross-entropy on target tokens only), clip the global
 //! gradient norm, step. Weight decay applies to matrices (and embeddings), not to norm weights.
+//!
+//! `options.rs` holds the settings, `batch.rs` the batches, the loss and the gradients of one
+//! step (plain or with recomputed layer activations); this file the loop over steps.
+
+pub(crate) mod batch;
+#[cfg(test)]
+mod grad_tests;
+mod options;
 
 use std::time::Instant;
 
@@ -12,47 +20,11 @@ use flywheel_core::{Reporter, TrainSummary, TrainingParams};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::batch::accumulate_gradients;
 use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
 use crate::template::TokenizedExample;
-
-/// Optimiser settings beyond [`TrainingParams`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainOptions {
-    /// The learning rate decays (cosine) from the peak to `peak * min_lr_ratio`.
-    pub min_lr_ratio: f64,
-    /// AdamW's β₁.
-    pub beta1: f64,
-    /// AdamW's β₂.
-    pub beta2: f64,
-    /// AdamW's ε.
-    pub eps: f64,
-    /// Id written into padding positions (never a target, never attended to by real tokens).
-    pub pad_id: u32,
-    /// Most padded tokens (sequences × longest length) in one forward pass. A step's batch is cut
-    /// into micro-batches of at most this many (sorted by length, so padding is small) whose
-    /// gradients are summed: the step is the same, the peak memory is bounded.
-    pub micro_batch_tokens: usize,
-    /// Recompute each layer's activations in the backward pass instead of keeping every layer's
-    /// graph (gradient checkpointing): the same gradients (up to rounding), a fraction of the
-    /// peak memory, one more forward pass of compute.
-    pub checkpoint_layers: bool,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            min_lr_ratio: 0.1,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            pad_id: 0,
-            micro_batch_tokens: 1024,
-            checkpoint_layers: false,
-        }
-    }
-}
+use batch::accumulate_gradients;
+pub use options::TrainOptions;
 
 /// Learning rate at `step` (0-based): linear warm-up to the peak, then cosine decay to
 /// `peak * min_lr_ratio` at the last step.

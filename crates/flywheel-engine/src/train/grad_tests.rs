@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor, Var};
 use flywheel_core::{NullReporter, TrainExample, TrainingParams};
 
-use crate::batch::{batch_loss, make_batch};
+use super::batch::{batch_loss, make_batch};
 use crate::model::LlamaModel;
 use crate::template::{tokenize_example, RawFormat, TokenizedExample};
 use crate::testing::small_model;
