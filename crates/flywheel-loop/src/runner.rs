@@ -38,11 +38,17 @@ pub enum Outcome {
 }
 
 impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
-    /// Prepares a run: builds the task and the strategy, and checks that the splits are disjoint.
+    /// Prepares a run: builds and checks the task ([`prepare`]) and builds the strategy.
     pub fn new(generators: G, trainer: T, dir: RunDir, reporter: &'r dyn Reporter) -> Result<Self> {
         let task = prepare(dir.config(), &dir.config_path())?;
+        Ok(Self::with_task(generators, trainer, dir, task, reporter))
+    }
+
+    /// A run whose task the caller already built with [`prepare`] from `dir`'s config (checked
+    /// before the run directory was made, say): the task is not built a second time.
+    pub fn with_task(generators: G, trainer: T, dir: RunDir, task: Box<dyn Task>, reporter: &'r dyn Reporter) -> Self {
         let strategy = strategy::build(&dir.config().strategy);
-        Ok(Self { generators, trainer, dir, task, strategy, reporter })
+        Self { generators, trainer, dir, task, strategy, reporter }
     }
 
     /// The run directory.
@@ -285,9 +291,10 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
 }
 
 /// Builds the task of `config` (read from `origin`, named in errors) and checks what can only be
-/// checked with its problems at hand: the splits are disjoint, and a fresh model's context holds
-/// every example; a pretrained model's path exists. [`Runner::new`] calls it; a caller may call it first, before it creates
-/// anything.
+/// checked with its problems at hand: the splits are disjoint, a fresh model's context holds every
+/// example, and a pretrained model's path exists. [`Runner::new`] calls it; a caller that wants
+/// these errors before it creates anything calls it first and hands the task to
+/// [`Runner::with_task`].
 pub fn prepare(config: &crate::RunConfig, origin: &std::path::Path) -> Result<Box<dyn Task>> {
     if let ModelConfig::Pretrained(model) = &config.model {
         if !model.path.exists() {

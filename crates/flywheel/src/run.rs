@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 use flywheel_loop::config::ModelConfig;
 use flywheel_loop::report::{self, RunReport};
 use flywheel_loop::rundir::{jsonl_bytes, PendingFile, RunDir};
-use flywheel_loop::{seeds, tasks, Outcome, RunConfig, Runner};
+use flywheel_loop::runner::prepare;
+use flywheel_loop::{seeds, tasks, Outcome, RunConfig, Runner, Task};
 
 use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs};
 use crate::engine::EmbeddedEngine;
@@ -14,11 +15,11 @@ use crate::progress::Bars;
 pub fn run(args: &RunArgs) -> Result<()> {
     let config = RunConfig::load(&args.config)?;
     // The task's files and the model's context are checked before the run directory is made.
-    flywheel_loop::runner::prepare(&config, &args.config)?;
+    let task = prepare(&config, &args.config)?;
     let root = args.run_dir.clone().unwrap_or_else(|| config.default_run_dir());
     let dir = RunDir::create(&root, &config)?;
     tracing::info!("run {} in {}", config.name, root.display());
-    drive(dir)
+    drive(dir, task)
 }
 
 /// Resumes a stopped run.
@@ -27,15 +28,16 @@ pub fn resume(args: &ResumeArgs) -> Result<()> {
     if let Some(iterations) = args.iterations {
         dir.extend_iterations(iterations)?;
     }
-    drive(dir)
+    let task = prepare(dir.config(), &dir.config_path())?;
+    drive(dir, task)
 }
 
-fn drive(dir: RunDir) -> Result<()> {
+fn drive(dir: RunDir, task: Box<dyn Task>) -> Result<()> {
     let config = dir.config().clone();
     let engine = engine_for(&config)?;
     let bars = Bars::new();
     // The embedded engine is both the generator and the trainer.
-    let mut runner = Runner::new(engine.clone(), engine, dir, &bars)?;
+    let mut runner = Runner::with_task(engine.clone(), engine, dir, task, &bars);
     let outcome = runner.run()?;
     let run = RunReport::read(runner.dir().root())?;
     print!("{}\n{}", report::render(&run.rows), report::render_data(&run));
