@@ -32,5 +32,35 @@ pub enum CoreError {
     },
 }
 
+/// Renders an error and its sources as `outer: inner: innermost`, each message once: a source
+/// whose text its wrapper already shows (an OS error inside "path: OS error") is not repeated.
+pub fn render_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// Result alias for the core traits.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_already_shown_is_not_repeated() {
+        let os = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let outer = CoreError::Io { path: "x.toml".into(), source: os };
+        assert_eq!(render_chain(&outer), "x.toml: No such file");
+        let inner = std::io::Error::other(CoreError::Training("nan loss".into()));
+        assert_eq!(render_chain(&inner), "training failed: nan loss");
+    }
+}

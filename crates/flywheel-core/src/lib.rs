@@ -17,6 +17,6 @@ pub use engine::{
     Architecture, Checkpoint, Completion, FinishReason, GenerationRequest, Generator, SamplingParams, TrainSummary,
     Trainer, TrainingParams,
 };
-pub use error::{CoreError, Result};
+pub use error::{render_chain, CoreError, Result};
 pub use example::{Message, Problem, Role, TrainExample};
 pub use report::{NullReporter, Reporter};

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use flywheel_core::CoreError;
+use flywheel_core::{render_chain, CoreError};
 
 /// Everything that can go wrong inside the embedded engine.
 #[derive(Debug, thiserror::Error)]
@@ -147,21 +147,6 @@ impl EngineError {
             other => wrap(render_chain(&other)),
         }
     }
-}
-
-/// Renders an error and its sources as `outer: inner: innermost`.
-fn render_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Result alias of the engine.

@@ -88,7 +88,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "error: {}", render_error(&err));
+            // Each cause once, and never a backtrace, whatever `RUST_BACKTRACE` says: an
+            // ordinary error is not a crash.
+            let _ = writeln!(std::io::stderr(), "error: {}", flywheel_core::render_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -109,24 +111,6 @@ fn init_tracing(verbose: u8) {
         .with_ansi(std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .init();
-}
-
-/// An error and its causes as `outer: inner: innermost`, each message once: a cause whose text
-/// its wrapper already shows (an OS error inside "path: OS error") is not repeated. Never a
-/// backtrace, whatever `RUST_BACKTRACE` says: an ordinary error is not a crash.
-fn render_error(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let message = cause.to_string();
-        if out.contains(&message) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&message);
-    }
-    out
 }
 
 /// A closed pipe downstream (`flywheel judge ... | head`) is a normal way for output to end.
