@@ -177,16 +177,7 @@ mod tests {
         // The judge rates the first 8/10 and answers the second with something unreadable.
         let mut judge =
             Scripted(|prompt: &str, _| if prompt.contains("32 + 8") { "8".into() } else { "great!".into() });
-        let task_config = crate::config::ArithWordConfig {
-            train_problems: 1,
-            eval_problems: 1,
-            two_step_fraction: 0.0,
-            max_operand: 100,
-            last_number_fallback: false,
-            instruction: None,
-            held_out_stories: 0,
-        };
-        let task = crate::tasks::ChatProblems::arith_word(&task_config, 1).expect("task");
+        let task = crate::strategy::testing::arith_word(1, 1, 0.0, 1);
         let mut cx = RewardContext { task: &task, generator: &mut judge, seed: 1, reporter: &NullReporter };
         let config = RewardConfig { correctness: 1.0, arithmetic: 0.5, self_judge: 2.0, ..RewardConfig::default() };
         let scores = build(&config).score(&mut cx, &items).expect("scores");

@@ -64,23 +64,12 @@ mod tests {
     use flywheel_core::NullReporter;
 
     use super::*;
-    use crate::config::ArithWordConfig;
-    use crate::strategy::testing::Scripted;
-    use crate::tasks::ChatProblems;
+    use crate::strategy::testing::{arith_word, Scripted};
     use crate::Task;
 
     #[test]
     fn keeps_at_most_the_cap_of_distinct_correct_samples_and_never_shows_a_hint() {
-        let task_config = ArithWordConfig {
-            train_problems: 4,
-            eval_problems: 2,
-            two_step_fraction: 0.0,
-            max_operand: 100,
-            last_number_fallback: false,
-            instruction: None,
-            held_out_stories: 0,
-        };
-        let task = ChatProblems::arith_word(&task_config, 3).expect("task");
+        let task = arith_word(4, 2, 0.0, 3);
         let answers: std::collections::HashMap<String, String> =
             task.train_problems().iter().map(|p| (task.prompt(p), p.answer.clone())).collect();
         // Samples 0-3 are right in three distinct texts (1 repeats 0), 4-5 are wrong.

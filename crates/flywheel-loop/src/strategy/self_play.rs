@@ -267,22 +267,12 @@ mod tests {
     use flywheel_core::NullReporter;
 
     use super::*;
-    use crate::config::ArithWordConfig;
-    use crate::strategy::testing::Scripted;
+    use crate::strategy::testing::{arith_word, Scripted};
     use crate::tasks::ChatProblems;
     use crate::Task;
 
     fn task() -> ChatProblems {
-        let config = ArithWordConfig {
-            train_problems: 6,
-            eval_problems: 2,
-            two_step_fraction: 0.0,
-            max_operand: 100,
-            last_number_fallback: false,
-            instruction: None,
-            held_out_stories: 0,
-        };
-        ChatProblems::arith_word(&config, 5).expect("task")
+        arith_word(6, 2, 0.0, 5)
     }
 
     fn config(extra: &str) -> SelfPlayConfig {

@@ -252,16 +252,7 @@ mod tests {
 
     #[test]
     fn few_shot_examples_are_shown_when_sampling_but_never_saved() {
-        let task_config = crate::config::ArithWordConfig {
-            train_problems: 3,
-            eval_problems: 2,
-            two_step_fraction: 0.5,
-            max_operand: 100,
-            last_number_fallback: false,
-            instruction: None,
-            held_out_stories: 0,
-        };
-        let task = crate::tasks::ChatProblems::arith_word(&task_config, 7).unwrap();
+        let task = crate::strategy::testing::arith_word(3, 2, 0.5, 7);
         let shots = task.few_shot();
         assert_eq!(shots.len(), 8);
         assert!(shots.iter().enumerate().all(|(i, m)| m.role == if i % 2 == 0 { Role::User } else { Role::Assistant }));

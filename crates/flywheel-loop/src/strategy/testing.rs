@@ -2,6 +2,24 @@
 
 use flywheel_core::{Completion, FinishReason, GenerationRequest, Generator, Reporter, SamplingParams};
 
+use crate::config::ArithWordConfig;
+use crate::tasks::ChatProblems;
+
+/// An arith-word task of `train` and `eval` problems, the share `two_step` of them two-step, drawn
+/// with `seed`; every other setting at its default.
+pub fn arith_word(train: usize, eval: usize, two_step: f64, seed: u64) -> ChatProblems {
+    let config = ArithWordConfig {
+        train_problems: train,
+        eval_problems: eval,
+        two_step_fraction: two_step,
+        max_operand: 100,
+        last_number_fallback: false,
+        instruction: None,
+        held_out_stories: 0,
+    };
+    ChatProblems::arith_word(&config, seed).expect("an arith-word task")
+}
+
 /// A completion of `text` that stopped by itself.
 pub fn completion(text: &str) -> Completion {
     Completion { text: text.to_owned(), tokens: text.len(), finish: FinishReason::Stop }
