@@ -205,15 +205,49 @@ impl Lora {
 
     /// Inverted dropout with a mask from the seeded generator.
     fn dropout(&self, x: &Tensor) -> Result<Tensor> {
-        let p = self.config.dropout;
-        let keep = (1.0 / (1.0 - p)) as f32;
-        let mask: Vec<f32> = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-            (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect()
-        };
+        let (rows, cols) = x.dims2()?;
+        let mut mask = Vec::new();
+        dropout_mask(
+            &mut self.rng.lock().unwrap_or_else(|e| e.into_inner()),
+            self.config.dropout,
+            rows,
+            cols,
+            &mut mask,
+        );
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok((x * mask)?)
     }
+}
+
+/// An inverted-dropout mask for a `rows × cols` input: each element `0` with probability `p`
+/// (to 1/65536), else the scale that keeps the expectation, `1 / (1 − p)`.
+///
+/// One `u64` from `rng` seeds the mask; row `r` then draws 16-bit uniforms from its own small
+/// generator seeded by (that seed, `r`), so rows fill in parallel and the mask depends on neither
+/// the thread count nor the order rows are filled in. Both training passes draw masks here, so a
+/// pass replayed from the same generator state draws the same mask.
+pub(crate) fn dropout_mask(rng: &mut StdRng, p: f64, rows: usize, cols: usize, out: &mut Vec<f32>) {
+    use rand::rngs::SmallRng;
+    use rand::RngCore;
+    use rayon::prelude::*;
+    let seed: u64 = rng.random();
+    let threshold = (p * 65536.0).round().min(65535.0) as u32;
+    let keep = (65536.0 / (65536.0 - f64::from(threshold))) as f32;
+    out.clear();
+    out.resize(rows * cols, 0.0);
+    let pick = move |bits: u64, lane: u32| if (bits >> (16 * lane)) as u16 as u32 >= threshold { keep } else { 0.0 };
+    out.par_chunks_mut(cols.max(1)).enumerate().with_min_len(16).for_each(|(r, row)| {
+        let mut g = SmallRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut quads = row.chunks_exact_mut(4);
+        for m in quads.by_ref() {
+            let bits = g.next_u64();
+            m.copy_from_slice(&[pick(bits, 0), pick(bits, 1), pick(bits, 2), pick(bits, 3)]);
+        }
+        let bits = g.next_u64();
+        for (lane, m) in (0..).zip(quads.into_remainder()) {
+            *m = pick(bits, lane);
+        }
+    });
 }
 
 fn cpu() -> candle_core::Device {

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use flywheel_core::{GenerationRequest, Message, NullReporter, Role, SamplingParams};
+use flywheel_engine::TrainPass;
 use flywheel_verify::{Answer, Verifier};
 
 use crate::cli::{BenchArgs, BenchTarget};
@@ -16,8 +17,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchTarget::Sampling { model, samples, new_tokens, threads, repeat } => {
             sampling(model, *samples, *new_tokens, *threads, *repeat)
         }
-        BenchTarget::Train { model, batch, seq_len, rank, no_checkpoint, steps, threads } => {
-            train(model, *batch, *seq_len, *rank, !*no_checkpoint, *steps, *threads)
+        BenchTarget::Train { model, batch, seq_len, rank, pass, no_checkpoint, steps, threads } => {
+            let pass = if pass == "autograd" { TrainPass::Autograd } else { TrainPass::Fused };
+            train(model, *batch, *seq_len, *rank, (pass, !*no_checkpoint), *steps, *threads)
         }
     }
 }
@@ -114,7 +116,7 @@ fn train(
     batch: usize,
     seq_len: usize,
     rank: usize,
-    checkpoint_layers: bool,
+    (pass, checkpoint_layers): (TrainPass, bool),
     steps: usize,
     threads: usize,
 ) -> Result<()> {
@@ -141,6 +143,7 @@ fn train(
         .collect();
     let mut options = engine.train.clone();
     options.micro_batch_tokens = batch * seq_len;
+    options.pass = pass;
     options.checkpoint_layers = checkpoint_layers;
     let params = |steps| flywheel_core::TrainingParams {
         steps,
@@ -158,7 +161,8 @@ fn train(
         "engine": "flywheel",
         "model": model.display().to_string(),
         "lora_rank": rank,
-        "checkpoint_layers": checkpoint_layers,
+        "pass": format!("{pass:?}").to_lowercase(),
+        "checkpoint_layers": pass == TrainPass::Autograd && checkpoint_layers,
         "batch": batch,
         "seq_len": seq_len,
         "steps": steps,

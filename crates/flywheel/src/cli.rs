@@ -176,7 +176,12 @@ pub enum BenchTarget {
         /// LoRA rank (0: full fine-tuning).
         #[arg(long, default_value_t = 16)]
         rank: usize,
-        /// Keep every layer's activations instead of recomputing them in the backward pass.
+        /// The pass that computes the gradients: `fused` (written out, packed sequences) or
+        /// `autograd` (candle's graph, the reference).
+        #[arg(long, default_value = "fused", value_parser = ["fused", "autograd"])]
+        pass: String,
+        /// With `--pass autograd`: keep every layer's activations instead of recomputing them in
+        /// the backward pass.
         #[arg(long)]
         no_checkpoint: bool,
         /// Timed optimiser steps (one untimed warm-up step runs first).

@@ -4,32 +4,41 @@
 use std::path::Path;
 
 use flywheel_core::{Checkpoint, Generator, Reporter, TrainSummary, Trainer};
-use flywheel_engine::{Engine as Model, LlamaConfig, LoraConfig, Proj};
+use flywheel_engine::{Engine as Model, LlamaConfig, LoraConfig, Proj, TrainPass};
 use flywheel_loop::config::{ModelConfig, PretrainedModelConfig};
 use flywheel_loop::{GeneratorBackend, Phase, RunConfig, Task, TrainerBackend};
 
-/// Creates and loads embedded models with the run's sampler settings.
+/// How the embedded engine trains, beyond the optimiser's settings.
+#[derive(Debug, Clone, Default)]
+pub struct TrainingSettings {
+    /// Most tokens per forward pass (the engine's default when `None`).
+    pub micro_batch_tokens: Option<usize>,
+    /// Which pass computes the gradients.
+    pub pass: TrainPass,
+    /// With the autograd pass: recompute each layer's activations in the backward pass.
+    pub checkpoint_layers: bool,
+}
+
+/// Creates and loads embedded models with the run's sampler and trainer settings.
 #[derive(Debug, Clone)]
 pub struct EmbeddedEngine {
     max_batch: usize,
-    micro_batch_tokens: Option<usize>,
-    checkpoint_layers: bool,
+    training: TrainingSettings,
 }
 
 impl EmbeddedEngine {
-    /// An engine that decodes at most `max_batch` sequences at once and, when given, trains on
-    /// micro-batches of at most `micro_batch_tokens` padded tokens, recomputing each layer's
-    /// activations in the backward pass when `checkpoint_layers`.
-    pub fn new(max_batch: usize, micro_batch_tokens: Option<usize>, checkpoint_layers: bool) -> Self {
-        Self { max_batch, micro_batch_tokens, checkpoint_layers }
+    /// An engine that decodes at most `max_batch` sequences at once and trains as `training` says.
+    pub fn new(max_batch: usize, training: TrainingSettings) -> Self {
+        Self { max_batch, training }
     }
 
     fn configure(&self, mut model: Model) -> Model {
         model.sampler.max_batch = self.max_batch;
-        if let Some(tokens) = self.micro_batch_tokens {
+        if let Some(tokens) = self.training.micro_batch_tokens {
             model.train.micro_batch_tokens = tokens;
         }
-        model.train.checkpoint_layers = self.checkpoint_layers;
+        model.train.pass = self.training.pass;
+        model.train.checkpoint_layers = self.training.checkpoint_layers;
         model
     }
 

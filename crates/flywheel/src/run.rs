@@ -1,14 +1,15 @@
 //! `flywheel run`, `resume`, `eval` and `report`.
 
 use anyhow::{Context, Result};
-use flywheel_loop::config::ModelConfig;
+use flywheel_engine::TrainPass;
+use flywheel_loop::config::{ModelConfig, TrainingPass};
 use flywheel_loop::report::{self, RunReport};
 use flywheel_loop::rundir::{jsonl_bytes, PendingFile, RunDir};
 use flywheel_loop::runner::prepare;
 use flywheel_loop::{seeds, tasks, Outcome, RunConfig, Runner, Task};
 
 use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs};
-use crate::engine::EmbeddedEngine;
+use crate::engine::{EmbeddedEngine, TrainingSettings};
 use crate::progress::Bars;
 
 /// Starts a run.
@@ -52,11 +53,19 @@ fn drive(dir: RunDir, task: Box<dyn Task>) -> Result<()> {
 
 fn engine_for(config: &RunConfig) -> Result<EmbeddedEngine> {
     crate::engine::set_threads(config.threads);
-    let (micro_batch_tokens, checkpoint_layers) = match &config.model {
-        ModelConfig::Pretrained(p) => (Some(p.micro_batch_tokens), p.activation_checkpointing),
-        ModelConfig::Embedded(_) => (None, false),
+    let pass = |pass| match pass {
+        TrainingPass::Fused => TrainPass::Fused,
+        TrainingPass::Autograd => TrainPass::Autograd,
     };
-    Ok(EmbeddedEngine::new(config.model.max_batch(), micro_batch_tokens, checkpoint_layers))
+    let training = match &config.model {
+        ModelConfig::Pretrained(p) => TrainingSettings {
+            micro_batch_tokens: Some(p.micro_batch_tokens),
+            pass: pass(p.training_pass),
+            checkpoint_layers: p.activation_checkpointing,
+        },
+        ModelConfig::Embedded(e) => TrainingSettings { pass: pass(e.training_pass), ..TrainingSettings::default() },
+    };
+    Ok(EmbeddedEngine::new(config.model.max_batch(), training))
 }
 
 /// Evaluates a saved model on a config's held-out split.

@@ -4,10 +4,13 @@
 //! micro-batches (`batch.rs`: right-padded, cross-entropy on target tokens only), clip the global
 //! gradient norm, step. Weight decay applies to matrices (and embeddings), not to norm weights.
 //!
-//! `options.rs` holds the settings, `batch.rs` the batches, the loss and the gradients of one
-//! step (plain or with recomputed layer activations); this file the loop over steps.
+//! `options.rs` holds the settings; `fused/` computes a step's loss and gradients by a
+//! written-out forward and backward pass over packed sequences (the default), `batch.rs` by
+//! candle's autograd over padded batches (the reference, plain or with recomputed layer
+//! activations); this file is the loop over steps.
 
 pub(crate) mod batch;
+pub(crate) mod fused;
 #[cfg(test)]
 mod grad_tests;
 mod options;
@@ -24,7 +27,8 @@ use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
 use crate::template::TokenizedExample;
 use batch::accumulate_gradients;
-pub use options::TrainOptions;
+use fused::FusedTrainer;
+pub use options::{TrainOptions, TrainPass};
 
 /// Learning rate at `step` (0-based): linear warm-up to the peak, then cosine decay to
 /// `peak * min_lr_ratio` at the last step.
@@ -97,6 +101,10 @@ pub fn train(
     };
     let mut opt_decay = adam(decay, params.weight_decay)?;
     let mut opt_plain = adam(no_decay, 0.0)?;
+    let mut fused = match options.pass {
+        TrainPass::Fused => FusedTrainer::new(model, &vars),
+        TrainPass::Autograd => None,
+    };
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
     let mut order: Vec<usize> = Vec::new();
@@ -111,7 +119,10 @@ pub fn train(
             }
             picked.extend(order.pop().map(|i| &examples[i]));
         }
-        let mut acc = accumulate_gradients(model, &vars, &picked, options)?;
+        let mut acc = match fused.as_mut() {
+            Some(fused) => fused.accumulate(model, &vars, &picked, options.micro_batch_tokens)?,
+            None => accumulate_gradients(model, &vars, &picked, options)?,
+        };
         let grads = &mut acc.grads;
         clip_grad_norm(&vars, grads, params.grad_clip)?;
         let lr = learning_rate(step, params, options.min_lr_ratio);

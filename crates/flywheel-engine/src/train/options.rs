@@ -1,5 +1,18 @@
 //! The trainer's settings beyond [`flywheel_core::TrainingParams`]: the optimiser's, the padding id, the
-//! micro-batch budget and gradient checkpointing.
+//! micro-batch budget, and which pass computes the gradients.
+
+/// How a training step computes its gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrainPass {
+    /// The written-out pass (`train/fused/`): forward and backward by hand over packed
+    /// sequences, the fastest and leanest. Models whose parameters are not `f32` fall back to
+    /// [`TrainPass::Autograd`].
+    #[default]
+    Fused,
+    /// candle's autograd over the differentiable forward pass, on right-padded micro-batches:
+    /// the reference the written-out pass is tested against.
+    Autograd,
+}
 
 /// Optimiser settings beyond [`flywheel_core::TrainingParams`].
 #[derive(Debug, Clone, PartialEq)]
@@ -14,13 +27,16 @@ pub struct TrainOptions {
     pub eps: f64,
     /// Id written into padding positions (never a target, never attended to by real tokens).
     pub pad_id: u32,
-    /// Most padded tokens (sequences × longest length) in one forward pass. A step's batch is cut
-    /// into micro-batches of at most this many (sorted by length, so padding is small) whose
-    /// gradients are summed: the step is the same, the peak memory is bounded.
+    /// Most tokens in one forward pass: packed tokens for [`TrainPass::Fused`], padded ones
+    /// (sequences × longest length, sorted by length so padding is small) for
+    /// [`TrainPass::Autograd`]. A step's batch is cut into micro-batches of at most this many
+    /// whose gradients are summed: the step is the same, the peak memory is bounded.
     pub micro_batch_tokens: usize,
-    /// Recompute each layer's activations in the backward pass instead of keeping every layer's
-    /// graph (gradient checkpointing): the same gradients (up to rounding), a fraction of the
-    /// peak memory, one more forward pass of compute.
+    /// Which pass computes the gradients.
+    pub pass: TrainPass,
+    /// With [`TrainPass::Autograd`]: recompute each layer's activations in the backward pass
+    /// instead of keeping every layer's graph (gradient checkpointing): the same gradients (up to
+    /// rounding), a fraction of the peak memory, one more forward pass of compute.
     pub checkpoint_layers: bool,
 }
 
@@ -33,6 +49,7 @@ impl Default for TrainOptions {
             eps: 1e-8,
             pad_id: 0,
             micro_batch_tokens: 1024,
+            pass: TrainPass::Fused,
             checkpoint_layers: false,
         }
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use flywheel_core::TrainingParams;
 use serde::{Deserialize, Serialize};
 
-pub use model::{EmbeddedModelConfig, LoraSettings, ModelConfig, PretrainedModelConfig, LORA_TARGETS};
+pub use model::{EmbeddedModelConfig, LoraSettings, ModelConfig, PretrainedModelConfig, TrainingPass, LORA_TARGETS};
 pub use strategy::{
     JudgeModel, RestConfig, RestEmConfig, RewardConfig, SamplingConfig, SelfJudgeConfig, SelfPlayConfig, StarConfig,
     StrategyConfig,

@@ -75,15 +75,33 @@ pub struct PretrainedModelConfig {
     /// Most sequences decoded at once.
     #[serde(default = "default_pretrained_batch")]
     pub max_batch: usize,
-    /// Padded tokens per forward pass in training (a step's batch is split into micro-batches of
-    /// at most this many; gradients are summed, so only peak memory changes).
+    /// Tokens per forward pass in training (packed tokens with the fused pass, padded ones with
+    /// autograd): a step's batch is split into micro-batches of at most this many and their
+    /// gradients are summed, so only peak memory changes.
     #[serde(default = "default_micro_batch_tokens")]
     pub micro_batch_tokens: usize,
-    /// Recompute each layer's activations in the backward pass (gradient checkpointing): the
-    /// same gradients up to rounding, a quarter of the peak memory (SmolLM2-135M, LoRA r=16,
-    /// 8 x 150 tokens: 3.7 GB instead of 14.7 GB), at 0.84x the speed (one more forward pass).
+    /// Which pass computes the training gradients: `"fused"` (the default), the engine's
+    /// written-out forward and backward over packed sequences, or `"autograd"`, candle's autograd
+    /// graph over padded micro-batches (the reference it is tested against).
+    #[serde(default)]
+    pub training_pass: TrainingPass,
+    /// With `training-pass = "autograd"`: recompute each layer's activations in the backward
+    /// pass (gradient checkpointing): the same gradients up to rounding, a quarter of the peak
+    /// memory (SmolLM2-135M, LoRA r=16, 8 x 150 tokens: 3.7 GB instead of 14.7 GB), at 0.84x
+    /// the speed. The fused pass keeps only what its backward pass reads and ignores this.
     #[serde(default = "default_true")]
     pub activation_checkpointing: bool,
+}
+
+/// How the embedded engine computes training gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainingPass {
+    /// The written-out forward and backward pass over packed sequences.
+    #[default]
+    Fused,
+    /// candle's autograd over padded micro-batches.
+    Autograd,
 }
 
 fn default_true() -> bool {
@@ -133,10 +151,21 @@ pub struct EmbeddedModelConfig {
     /// Most sequences decoded at once.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Which pass computes the training gradients (see [`PretrainedModelConfig::training_pass`]).
+    /// `"autograd"` by default for fresh models: their runs stay as they were before the fused
+    /// pass existed, byte for byte (the fused pass gives the same gradients up to rounding, and
+    /// a tiny model trained from scratch for hundreds of steps amplifies rounding into a
+    /// different, equally good, trajectory).
+    #[serde(default = "autograd")]
+    pub training_pass: TrainingPass,
 }
 
 fn default_max_batch() -> usize {
     256
+}
+
+fn autograd() -> TrainingPass {
+    TrainingPass::Autograd
 }
 
 impl EmbeddedModelConfig {
