@@ -64,6 +64,48 @@ pub(crate) fn clip_grad_norm(vars: &[Var], grads: &mut GradStore, max_norm: f64)
     Ok(norm)
 }
 
+/// candle-nn's AdamW (decayed and plain groups) over gradients from candle's autograd.
+struct AutogradStep {
+    decay: AdamW,
+    plain: AdamW,
+}
+
+impl AutogradStep {
+    fn new(vars: &[Var], params: &TrainingParams, options: &TrainOptions) -> Result<Self> {
+        let (decay, no_decay): (Vec<Var>, Vec<Var>) = vars.iter().cloned().partition(|v| v.rank() >= 2);
+        let adam = |vars, weight_decay| {
+            let p = ParamsAdamW {
+                lr: params.learning_rate,
+                beta1: options.beta1,
+                beta2: options.beta2,
+                eps: options.eps,
+                weight_decay,
+            };
+            AdamW::new(vars, p)
+        };
+        Ok(Self { decay: adam(decay, params.weight_decay)?, plain: adam(no_decay, 0.0)? })
+    }
+
+    /// One step; returns (mean loss, target tokens, input tokens).
+    fn step(
+        &mut self,
+        model: &LlamaModel,
+        vars: &[Var],
+        picked: &[&TokenizedExample],
+        options: &TrainOptions,
+        grad_clip: f64,
+        lr: f64,
+    ) -> Result<(f64, usize, usize)> {
+        let mut acc = accumulate_gradients(model, vars, picked, options)?;
+        clip_grad_norm(vars, &mut acc.grads, grad_clip)?;
+        self.decay.set_learning_rate(lr);
+        self.plain.set_learning_rate(lr);
+        self.decay.step(&acc.grads)?;
+        self.plain.step(&acc.grads)?;
+        Ok((acc.loss, acc.targets, acc.tokens))
+    }
+}
+
 /// Trains `model` in place on `examples` (already tokenized) for `params.steps` steps.
 pub fn train(
     model: &LlamaModel,
@@ -88,22 +130,13 @@ pub fn train(
         }
     }
     let vars: Vec<Var> = model.trainable_vars();
-    let (decay, no_decay): (Vec<Var>, Vec<Var>) = vars.iter().cloned().partition(|v| v.rank() >= 2);
-    let adam = |vars, weight_decay| {
-        let p = ParamsAdamW {
-            lr: params.learning_rate,
-            beta1: options.beta1,
-            beta2: options.beta2,
-            eps: options.eps,
-            weight_decay,
-        };
-        AdamW::new(vars, p)
-    };
-    let mut opt_decay = adam(decay, params.weight_decay)?;
-    let mut opt_plain = adam(no_decay, 0.0)?;
     let mut fused = match options.pass {
-        TrainPass::Fused => FusedTrainer::new(model, &vars),
+        TrainPass::Fused => FusedTrainer::new(model, &vars, options),
         TrainPass::Autograd => None,
+    };
+    let mut autograd = match fused {
+        Some(_) => None,
+        None => Some(AutogradStep::new(&vars, params, options)?),
     };
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
@@ -119,21 +152,19 @@ pub fn train(
             }
             picked.extend(order.pop().map(|i| &examples[i]));
         }
-        let mut acc = match fused.as_mut() {
-            Some(fused) => fused.accumulate(model, &vars, &picked, options.micro_batch_tokens)?,
-            None => accumulate_gradients(model, &vars, &picked, options)?,
-        };
-        let grads = &mut acc.grads;
-        clip_grad_norm(&vars, grads, params.grad_clip)?;
         let lr = learning_rate(step, params, options.min_lr_ratio);
-        opt_decay.set_learning_rate(lr);
-        opt_plain.set_learning_rate(lr);
-        opt_decay.step(grads)?;
-        opt_plain.step(grads)?;
-        let value = acc.loss;
+        let (value, targets, step_tokens) = match (fused.as_mut(), autograd.as_mut()) {
+            (Some(fused), _) => {
+                let budget = options.micro_batch_tokens;
+                let s = fused.step(model, &vars, &picked, budget, params.grad_clip, lr, params.weight_decay)?;
+                (s.loss, s.targets, s.tokens)
+            }
+            (None, Some(autograd)) => autograd.step(model, &vars, &picked, options, params.grad_clip, lr)?,
+            (None, None) => unreachable!("one of the two passes is set up"),
+        };
         losses.push(value);
-        target_tokens += acc.targets as u64;
-        tokens += acc.tokens;
+        target_tokens += targets as u64;
+        tokens += step_tokens;
         reporter.advance(1);
         if step % 10 == 0 || step + 1 == params.steps {
             let rate = tokens as f64 / start.elapsed().as_secs_f64();

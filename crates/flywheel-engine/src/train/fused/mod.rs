@@ -17,6 +17,7 @@
 //! The autograd path stays as the reference: `tests.rs` holds this pass's loss and every
 //! parameter's gradient to it (full fine-tuning, tied and untied; LoRA with and without dropout).
 
+mod adamw;
 mod attention;
 mod ops;
 #[cfg(test)]
@@ -24,17 +25,22 @@ mod tests;
 
 use std::ops::Range;
 
-use candle_core::{backprop::GradStore, CpuStorage, DType, Device, Storage, StorageRef, Tensor, Var};
+#[cfg(test)]
+use candle_core::{backprop::GradStore, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Var};
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
+#[cfg(test)]
 use super::batch::Accumulated;
+use super::TrainOptions;
 use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
 use crate::gemm::{matmul, MatMut, MatRef};
 use crate::lora::{LoraConfig, Proj};
 use crate::model::LlamaModel;
 use crate::template::TokenizedExample;
+use adamw::{AdamSettings, AdamW};
 use attention::Heads;
 use ops::{sized, zeroed};
 
@@ -357,29 +363,63 @@ impl Grads {
     }
 }
 
-/// The written-out trainer of one model: its buffers and gradients, kept across steps.
+/// The written-out trainer of one model: its buffers, gradients and optimiser state, kept
+/// across steps.
 #[derive(Debug)]
 pub(crate) struct FusedTrainer {
     ws: Workspace,
     grads: Grads,
+    adam: AdamW,
+}
+
+/// What one step computed on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepStats {
+    /// The step's mean loss over its target tokens.
+    pub loss: f64,
+    /// Target tokens.
+    pub targets: usize,
+    /// Input tokens (no padding).
+    pub tokens: usize,
 }
 
 impl FusedTrainer {
     /// A trainer for `model`'s trainable parameters `vars` (as [`LlamaModel::trainable_vars`]
     /// lists them), or `None` when this pass does not cover the model (parameters not `f32`).
-    pub fn new(model: &LlamaModel, vars: &[Var]) -> Option<Self> {
+    pub fn new(model: &LlamaModel, vars: &[Var], options: &TrainOptions) -> Option<Self> {
         if model.dtype != DType::F32 || !matches!(model.device, Device::Cpu) {
             return None;
         }
         let layers = model.layers.len();
         let mut ws = Workspace { xs: vec![Vec::new(); layers + 1], ..Workspace::default() };
         ws.layers.resize_with(layers, LayerActs::default);
-        Some(Self { ws, grads: Grads::new(model, vars) })
+        let settings = AdamSettings { beta1: options.beta1, beta2: options.beta2, eps: options.eps };
+        Some(Self { ws, grads: Grads::new(model, vars), adam: AdamW::new(vars, settings) })
     }
 
-    /// The gradients of the mean loss over `examples`' target tokens, summed over packed
-    /// micro-batches of at most `budget` tokens: what [`super::batch::accumulate_gradients`]
-    /// computes, by this pass.
+    /// One optimiser step on `examples`: the gradients of their mean loss over target tokens
+    /// (summed over packed micro-batches of at most `budget` tokens), clipped to a global norm
+    /// of `grad_clip` (when above 0), then AdamW at `lr` with `weight_decay` on matrices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        model: &LlamaModel,
+        vars: &[Var],
+        examples: &[&TokenizedExample],
+        budget: usize,
+        grad_clip: f64,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<StepStats> {
+        let stats = self.gradients(model, examples, budget)?;
+        adamw::clip(&mut self.grads.bufs, grad_clip);
+        self.adam.step(vars, &self.grads.bufs, lr, weight_decay)?;
+        Ok(stats)
+    }
+
+    /// The gradients [`FusedTrainer::step`] steps on, as a candle [`GradStore`] of `vars`: what
+    /// [`super::batch::accumulate_gradients`] computes, by this pass.
+    #[cfg(test)]
     pub fn accumulate(
         &mut self,
         model: &LlamaModel,
@@ -387,6 +427,16 @@ impl FusedTrainer {
         examples: &[&TokenizedExample],
         budget: usize,
     ) -> Result<Accumulated> {
+        let stats = self.gradients(model, examples, budget)?;
+        let mut grads = GradStore::default();
+        for (var, g) in vars.iter().zip(&self.grads.bufs) {
+            grads.insert(var, Tensor::from_slice(g, var.shape(), &Device::Cpu)?);
+        }
+        Ok(Accumulated { grads, loss: stats.loss, targets: stats.targets, tokens: stats.tokens })
+    }
+
+    /// Fills `self.grads` with the gradients of the mean loss over `examples`' target tokens.
+    fn gradients(&mut self, model: &LlamaModel, examples: &[&TokenizedExample], budget: usize) -> Result<StepStats> {
         let count = |e: &&TokenizedExample| e.target.iter().skip(1).filter(|&&t| t).count();
         let total: usize = examples.iter().map(count).sum();
         if total == 0 {
@@ -401,11 +451,7 @@ impl FusedTrainer {
             tokens += packed.rows();
             loss += self.pass(model, &packed, 1.0 / total as f32)?;
         }
-        let mut grads = GradStore::default();
-        for (var, g) in vars.iter().zip(&self.grads.bufs) {
-            grads.insert(var, Tensor::from_slice(g, var.shape(), &Device::Cpu)?);
-        }
-        Ok(Accumulated { grads, loss, targets: total, tokens })
+        Ok(StepStats { loss, targets: total, tokens })
     }
 
     /// Forward and backward over one packed micro-batch; gradients added to `self.grads`, each

@@ -57,7 +57,7 @@ fn reference(model: &LlamaModel, exs: &[TokenizedExample]) -> (Accumulated, Vec<
 fn fused(model: &LlamaModel, exs: &[TokenizedExample], budget: usize) -> (Accumulated, Vec<Var>) {
     let refs: Vec<&TokenizedExample> = exs.iter().collect();
     let vars = model.trainable_vars();
-    let mut trainer = FusedTrainer::new(model, &vars).expect("an f32 model");
+    let mut trainer = FusedTrainer::new(model, &vars, &TrainOptions::default()).expect("an f32 model");
     // Twice: the second step reuses the first's buffers and must not see its values.
     trainer.accumulate(model, &vars, &refs, budget).unwrap();
     (trainer.accumulate(model, &vars, &refs, budget).unwrap(), vars)
@@ -126,7 +126,8 @@ fn lora_gradients_match_autograd() {
     let (a, va) = reference(&ma, &one);
     let refs: Vec<&TokenizedExample> = one.iter().collect();
     let vb = mb.trainable_vars();
-    let b = FusedTrainer::new(&mb, &vb).unwrap().accumulate(&mb, &vb, &refs, 1 << 20).unwrap();
+    let b =
+        FusedTrainer::new(&mb, &vb, &TrainOptions::default()).unwrap().accumulate(&mb, &vb, &refs, 1 << 20).unwrap();
     assert!((a.loss - b.loss).abs() < 1e-5, "dropout: loss {} vs {}", a.loss, b.loss);
     let g = gap(&a, &va, &b, &vb);
     assert!(g < 1e-4, "LoRA with dropout: gradients differ by {g}");
