@@ -12,18 +12,18 @@ use flywheel_core::{
     Trainer, TrainingParams,
 };
 
-use crate::adapter::{load_adapter, save_adapter, AdapterConfig, ADAPTER_CONFIG_FILE};
-use crate::chat_template::ChatTemplate;
-use crate::checkpoint::{load_checkpoint, read_chat_template, save_checkpoint, write_tokenizer_config};
-use crate::config::{LlamaConfig, TokenIds};
 use crate::error::{EngineError, Result};
-use crate::generate::{generate, SamplerContext, SamplerOptions};
-use crate::gguf::load_gguf;
-use crate::infer::InferenceModel;
-use crate::lora::LoraConfig;
+use crate::formats::adapter::{load_adapter, save_adapter, AdapterConfig, ADAPTER_CONFIG_FILE};
+use crate::formats::checkpoint::{load_checkpoint, read_chat_template, save_checkpoint, write_tokenizer_config};
+use crate::formats::gguf::load_gguf;
+use crate::model::config::{LlamaConfig, TokenIds};
+use crate::model::lora::LoraConfig;
 use crate::model::LlamaModel;
-use crate::template::{tokenize_example, PromptFormat, RawFormat};
-use crate::tokenizer::{TextTokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN};
+use crate::sample::generate::{generate, SamplerContext, SamplerOptions};
+use crate::sample::infer::InferenceModel;
+use crate::text::chat_template::ChatTemplate;
+use crate::text::template::{tokenize_example, PromptFormat, RawFormat};
+use crate::text::tokenizer::{TextTokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN};
 use crate::train::{train, TrainOptions};
 
 /// The embedded candle engine: model, tokenizer, prompt format, sampler and trainer settings.
@@ -243,11 +243,11 @@ const Q8_MIN_PARAMETERS: usize = 10_000_000;
 /// Q8_0 for models large enough that decoding is bound by reading their weights (SmolLM2-135M:
 /// 540 MB of `f32` per step); `f32` for small ones, where gemm's `f32` kernels are faster and the
 /// weights fit in cache (the 0.26M-parameter addition model sampled several times slower with Q8_0).
-fn default_weight_format(parameters: usize) -> crate::quant::WeightFormat {
+fn default_weight_format(parameters: usize) -> crate::sample::quant::WeightFormat {
     if parameters >= Q8_MIN_PARAMETERS {
-        crate::quant::WeightFormat::Q8_0
+        crate::sample::quant::WeightFormat::Q8_0
     } else {
-        crate::quant::WeightFormat::F32
+        crate::sample::quant::WeightFormat::F32
     }
 }
 

@@ -13,48 +13,42 @@
 //! * [`Engine`]: model + tokenizer + [`PromptFormat`], implementing [`flywheel_core::Generator`]
 //!   (batched sampling with per-sequence KV caches) and [`flywheel_core::Trainer`] (full-parameter
 //!   SFT with AdamW), with checkpoint save / load / reset.
+//!
+//! The crate by concern: `model/` (configuration, parameters, the differentiable forward pass,
+//! LoRA, rotary tables), `text/` (tokenizers, chat templates, tokenized examples), `formats/`
+//! (GGUF, safetensors checkpoints, PEFT adapters), `sample/` (the inference model, its kernels and
+//! KV cache, token choice, the batched generation loop), `train/` (the training loop, the
+//! written-out pass in `train/fused/`, the autograd reference in `train/batch.rs`), `gemm.rs`
+//! (matrix products into reused buffers) and `engine.rs` (all of it behind the loop's traits).
 
-mod adapter;
-mod chat_template;
-mod checkpoint;
-mod config;
 mod engine;
 mod error;
-mod forward;
+mod formats;
 mod gemm;
-mod generate;
-mod gguf;
-mod infer;
-mod kernels;
-mod kv_cache;
-mod lora;
 mod model;
-mod quant;
-mod rope;
 mod sample;
-mod template;
 #[cfg(test)]
 mod testing;
-mod tokenizer;
+mod text;
 mod train;
 
-pub use adapter::{
+pub use engine::Engine;
+pub use error::{EngineError, Result};
+pub use formats::adapter::{
     load_adapter, peft_tensor_name, save_adapter, AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE,
 };
-pub use chat_template::ChatTemplate;
-pub use checkpoint::{
+pub use formats::checkpoint::{
     load_checkpoint, load_weights, read_chat_template, save_checkpoint, save_tensors, save_weights,
     write_tokenizer_config, CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
-pub use config::{LlamaConfig, TokenIds};
-pub use engine::Engine;
-pub use error::{EngineError, Result};
-pub use generate::SamplerOptions;
-pub use gguf::{hf_name, load_gguf, unpermute_rows, GgufModel};
-pub use lora::{LoraConfig, Proj};
+pub use formats::gguf::{hf_name, load_gguf, unpermute_rows, GgufModel};
+pub use model::config::{LlamaConfig, TokenIds};
+pub use model::lora::{LoraConfig, Proj};
 pub use model::{parameter_shapes, LlamaModel};
-pub use quant::WeightFormat;
-pub use sample::sequence_rng;
-pub use template::{tokenize_example, PromptFormat, RawFormat, Segment, TokenizedExample};
-pub use tokenizer::{TextTokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN};
+pub use sample::choose::sequence_rng;
+pub use sample::generate::SamplerOptions;
+pub use sample::quant::WeightFormat;
+pub use text::chat_template::ChatTemplate;
+pub use text::template::{tokenize_example, PromptFormat, RawFormat, Segment, TokenizedExample};
+pub use text::tokenizer::{TextTokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN};
 pub use train::{learning_rate, train, TrainOptions, TrainPass};

@@ -2,9 +2,9 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::config::{LlamaConfig, TokenIds};
+use crate::model::config::{LlamaConfig, TokenIds};
 use crate::model::LlamaModel;
-use crate::tokenizer::TextTokenizer;
+use crate::text::tokenizer::TextTokenizer;
 
 pub const ALPHABET: &str = "0123456789+=abc ";
 

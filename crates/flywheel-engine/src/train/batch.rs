@@ -12,7 +12,7 @@ use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use super::options::TrainOptions;
 use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
-use crate::template::TokenizedExample;
+use crate::text::template::TokenizedExample;
 
 /// One padded batch: inputs, positions, and which flattened rows predict which target.
 pub(crate) struct Batch {
@@ -199,7 +199,7 @@ fn checkpointed_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lora::Proj;
+    use crate::model::lora::Proj;
 
     fn ex(len: usize) -> TokenizedExample {
         TokenizedExample { ids: vec![3; len], target: (0..len).map(|i| i + 1 == len).collect() }
@@ -283,7 +283,8 @@ mod tests {
             assert!(gap < 1e-5, "full fine-tuning, tied {tied}: {gap}");
         }
         let lora = |model: &mut LlamaModel| {
-            let config = crate::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Proj::ALL.to_vec() };
+            let config =
+                crate::model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Proj::ALL.to_vec() };
             model.attach_lora(config, 9).unwrap();
             // B = 0 would make every gradient of A zero: give B a value.
             for v in model.trainable_vars() {

@@ -11,9 +11,9 @@ use flywheel_core::{NullReporter, TrainExample, TrainingParams};
 
 use super::batch::{batch_loss, make_batch};
 use crate::model::LlamaModel;
-use crate::template::{tokenize_example, RawFormat, TokenizedExample};
 use crate::testing::small_model;
-use crate::tokenizer::TextTokenizer;
+use crate::text::template::{tokenize_example, RawFormat, TokenizedExample};
+use crate::text::tokenizer::TextTokenizer;
 use crate::train::train;
 
 fn examples(tok: &TextTokenizer) -> Vec<TokenizedExample> {

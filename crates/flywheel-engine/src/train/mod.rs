@@ -25,7 +25,7 @@ use rand::SeedableRng;
 
 use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
-use crate::template::TokenizedExample;
+use crate::text::template::TokenizedExample;
 use batch::accumulate_gradients;
 use fused::FusedTrainer;
 pub use options::{TrainOptions, TrainPass};

@@ -34,12 +34,12 @@ use rayon::prelude::*;
 #[cfg(test)]
 use super::batch::Accumulated;
 use super::TrainOptions;
-use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
 use crate::gemm::{matmul, MatMut, MatRef};
-use crate::lora::{LoraConfig, Proj};
+use crate::model::config::LlamaConfig;
+use crate::model::lora::{LoraConfig, Proj};
 use crate::model::LlamaModel;
-use crate::template::TokenizedExample;
+use crate::text::template::TokenizedExample;
 use adamw::{AdamSettings, AdamW};
 use attention::Heads;
 use ops::{sized, zeroed};
@@ -506,7 +506,7 @@ struct Pass<'a> {
     params: &'a Params<'a>,
     config: &'a LlamaConfig,
     lora: Option<&'a LoraConfig>,
-    rope: &'a crate::rope::RopeTables,
+    rope: &'a crate::model::rope::RopeTables,
     packed: &'a Packed,
     heads: Heads,
 }
@@ -551,7 +551,7 @@ impl Pass<'_> {
         let input = if cfg.dropout > 0.0 {
             let rng = rng.as_mut().expect("adapters have a dropout generator");
             acts.rng = Some(rng.clone());
-            crate::lora::dropout_mask(rng, cfg.dropout, t, n_in, &mut scratch.mask);
+            crate::model::lora::dropout_mask(rng, cfg.dropout, t, n_in, &mut scratch.mask);
             ops::masked(x, &scratch.mask, &mut scratch.dropped);
             &scratch.dropped[..]
         } else {
@@ -600,7 +600,7 @@ impl Pass<'_> {
         matmul(MatMut::new(dxa, t, r), dyr, MatRef::new(b.get(), n_out, r), s, false, true);
         let input = if cfg.dropout > 0.0 {
             let mut rng = acts.rng.clone().expect("the forward pass saved the generator");
-            crate::lora::dropout_mask(&mut rng, cfg.dropout, t, n_in, &mut scratch.mask);
+            crate::model::lora::dropout_mask(&mut rng, cfg.dropout, t, n_in, &mut scratch.mask);
             ops::masked(x, &scratch.mask, &mut scratch.dropped);
             &scratch.dropped[..]
         } else {

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::rope::RopeTables;
+use crate::model::rope::RopeTables;
 
 /// Rows handed to one rayon task at least: below this, splitting costs more than it saves.
 const MIN_ROWS: usize = 8;

@@ -7,10 +7,10 @@
 use candle_core::{Tensor, Var};
 
 use super::FusedTrainer;
-use crate::lora::{LoraConfig, Proj};
+use crate::model::lora::{LoraConfig, Proj};
 use crate::model::LlamaModel;
-use crate::template::TokenizedExample;
 use crate::testing::small_model;
+use crate::text::template::TokenizedExample;
 use crate::train::batch::{accumulate_gradients, Accumulated};
 use crate::train::TrainOptions;
 
@@ -85,7 +85,7 @@ fn full_fine_tuning_gradients_match_autograd() {
 /// up to 40 tokens (the shape of the addition task's fresh models).
 #[test]
 fn full_fine_tuning_gradients_match_autograd_without_grouped_heads() {
-    let tok = crate::tokenizer::TextTokenizer::char_level(crate::testing::ALPHABET).unwrap();
+    let tok = crate::text::tokenizer::TextTokenizer::char_level(crate::testing::ALPHABET).unwrap();
     let mut config = crate::testing::small_config(tok.vocab_size(), true);
     (config.hidden_size, config.intermediate_size, config.num_hidden_layers) = (48, 192, 3);
     config.num_key_value_heads = Some(4);

@@ -29,9 +29,9 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use crate::config::{LlamaConfig, TokenIds};
 use crate::error::{EngineError, Result};
-use crate::tokenizer::TextTokenizer;
+use crate::model::config::{LlamaConfig, TokenIds};
+use crate::text::tokenizer::TextTokenizer;
 
 /// Everything a GGUF file provides, in the engine's terms.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| err(format!("tensor `{name}`: {}", without_backtrace(e))))?;
         let mut t = q.dequantize(&Device::Cpu)?;
-        crate::checkpoint::check_finite(path, name, &t)?;
+        crate::formats::checkpoint::check_finite(path, name, &t)?;
         if name.ends_with("attn_q.weight") {
             t = unpermute_rows(&t, config.num_attention_heads)?;
         } else if name.ends_with("attn_k.weight") {

@@ -1,6 +1,6 @@
 //! The fast no-grad forward pass of the sampler: packed rows, per-sequence KV caches.
 //!
-//! Sampling runs this, not the differentiable graph in `forward.rs`: no autograd bookkeeping, the
+//! Sampling runs this, not the differentiable graph in `model/forward.rs`: no autograd bookkeeping, the
 //! query/key/value and gate/up projections fused into one matrix product each, and the new tokens
 //! of all sequences packed into one `(rows, hidden)` matrix whatever their lengths (a prompt's
 //! prefill and a one-token decode step go through the same code). Weight matrices are held as
@@ -20,12 +20,12 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
-use crate::kernels::{add_assign, attend, rms_norm_rows, silu_mul, HeadShape};
-use crate::kv_cache::KvCache;
-use crate::lora::Proj;
+use crate::model::lora::Proj;
+use crate::model::rope::RopeTables;
 use crate::model::LlamaModel;
-use crate::quant::{WeightFormat, Weights};
-use crate::rope::RopeTables;
+use crate::sample::kernels::{add_assign, attend, rms_norm_rows, silu_mul, HeadShape};
+use crate::sample::kv_cache::KvCache;
+use crate::sample::quant::{WeightFormat, Weights};
 
 /// Fewest sequences per thread when a batch is split across threads.
 const MIN_SPLIT_SEQUENCES: usize = 16;

@@ -22,7 +22,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
-use crate::kernels;
+use crate::sample::kernels;
 
 /// Weights per Q8_0 block.
 pub(crate) const BLOCK: usize = 32;

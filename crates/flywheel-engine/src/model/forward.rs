@@ -13,7 +13,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{EngineError, Result};
-use crate::lora::Proj;
+use crate::model::lora::Proj;
 use crate::model::LlamaModel;
 
 /// Additive mask value for blocked attention: finite, so that a fully masked row (a padding query)

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
+use crate::model::config::LlamaConfig;
 use crate::model::LlamaModel;
-use crate::tokenizer::TextTokenizer;
+use crate::text::tokenizer::TextTokenizer;
 
 /// Weights file name inside a checkpoint directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -213,7 +213,7 @@ pub fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TokenIds;
+    use crate::model::config::TokenIds;
 
     fn tiny() -> (LlamaModel, TextTokenizer) {
         let tok = TextTokenizer::char_level("0123456789+=").unwrap();

@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
-use crate::kv_cache::KvCache;
+use crate::sample::kv_cache::KvCache;
 
 /// gemm sends products with `m * n` up to this to a kernel with its own summation order.
 const GEMM_SMALL_PRODUCT: usize = 256;

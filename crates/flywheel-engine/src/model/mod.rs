@@ -4,7 +4,13 @@
 //! so that a `model.safetensors` written here loads in `transformers` and SmolLM2's loads here. Each
 //! parameter is a [`Var`], so the optimiser updates it in place and every forward pass (training or
 //! sampling) sees the update. This file only owns and names the parameters; the differentiable
-//! forward pass lives in `forward.rs`, the fast no-grad sampling pass in `infer.rs`.
+//! forward pass lives in `forward.rs`, the fast no-grad sampling pass in `sample/infer.rs`, the
+//! written-out training pass in `train/fused/`.
+
+pub(crate) mod config;
+mod forward;
+pub(crate) mod lora;
+pub(crate) mod rope;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,10 +19,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 
-use crate::config::LlamaConfig;
 use crate::error::{EngineError, Result};
-use crate::lora::{FrozenLinear, Lora, LoraConfig, Proj};
-use crate::rope::RopeTables;
+use crate::model::config::LlamaConfig;
+use crate::model::lora::{FrozenLinear, Lora, LoraConfig, Proj};
+use crate::model::rope::RopeTables;
 
 /// The parameters of one decoder layer.
 #[derive(Debug, Clone)]

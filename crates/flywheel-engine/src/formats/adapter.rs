@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::load_weights;
 use crate::error::{EngineError, Result};
-use crate::lora::{LoraConfig, Proj};
+use crate::formats::checkpoint::load_weights;
+use crate::model::lora::{LoraConfig, Proj};
 use crate::model::LlamaModel;
 
 /// PEFT's adapter config file.
@@ -165,7 +165,7 @@ pub fn save_adapter(dir: &Path, model: &LlamaModel, base_model: &str) -> Result<
             }
         }
     }
-    crate::checkpoint::save_tensors(&dir.join(ADAPTER_MODEL_FILE), &tensors)?;
+    crate::formats::checkpoint::save_tensors(&dir.join(ADAPTER_MODEL_FILE), &tensors)?;
     let config = AdapterConfig::new(&lora.config, base_model);
     let path = dir.join(ADAPTER_CONFIG_FILE);
     let text =

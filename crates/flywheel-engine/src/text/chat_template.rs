@@ -16,7 +16,7 @@ use flywheel_core::{Message, Role};
 use minijinja::{context, Environment, Error, ErrorKind};
 
 use crate::error::{EngineError, Result};
-use crate::template::{PromptFormat, Segment};
+use crate::text::template::{PromptFormat, Segment};
 
 const NAME: &str = "chat_template";
 

@@ -26,11 +26,11 @@ use flywheel_core::{Completion, FinishReason, GenerationRequest, Reporter, Sampl
 use rand::rngs::StdRng;
 
 use crate::error::{EngineError, Result};
-use crate::infer::{InferenceModel, StepInput};
-use crate::kv_cache::KvCache;
-use crate::quant::WeightFormat;
-use crate::sample::{find_stop, first_stop, sequence_rng, TokenChooser};
-use crate::tokenizer::TextTokenizer;
+use crate::sample::choose::{find_stop, first_stop, sequence_rng, TokenChooser};
+use crate::sample::infer::{InferenceModel, StepInput};
+use crate::sample::kv_cache::KvCache;
+use crate::sample::quant::WeightFormat;
+use crate::text::tokenizer::TextTokenizer;
 
 /// How the sampler batches work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +110,42 @@ pub(crate) fn generate(
     if ctx.options.max_batch == 0 {
         return Err(EngineError::invalid("max_batch must be positive"));
     }
-    let prompts = requests
+    let prompts = encode_prompts(ctx, requests)?;
+    let total: usize = requests.iter().map(|r| r.n).sum();
+    reporter.start("sample", total as u64);
+    let shared = shared_prompt_cache(ctx, &prompts, requests)?;
+    let mut decoder = Decoder {
+        ctx,
+        requests,
+        params,
+        chooser: &chooser,
+        prompts: &prompts,
+        shared: shared.as_ref(),
+        reporter,
+        queue: (0..requests.len()).filter(|&i| requests[i].n > 0).collect(),
+        ready: VecDeque::new(),
+        active: Vec::new(),
+        scratch: Vec::new(),
+        results: requests.iter().map(|r| vec![None; r.n]).collect(),
+    };
+    loop {
+        decoder.fill_slots()?;
+        if decoder.active.is_empty() {
+            break;
+        }
+        decoder.choose_tokens()?;
+        if !decoder.active.is_empty() {
+            decoder.feed_back()?;
+        }
+    }
+    reporter.finish();
+    let results = decoder.results;
+    Ok(results.into_iter().map(|r| r.into_iter().map(|c| c.expect("every sample completes")).collect()).collect())
+}
+
+/// Every request's prompt as token ids (BOS alone for an empty prompt), checked against the context.
+fn encode_prompts(ctx: &SamplerContext<'_>, requests: &[GenerationRequest]) -> Result<Vec<Vec<u32>>> {
+    requests
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -130,26 +165,46 @@ pub(crate) fn generate(
             }
             Ok(ids)
         })
-        .collect::<Result<Vec<_>>>()?;
-    let mut results: Vec<Vec<Option<Completion>>> = requests.iter().map(|r| vec![None; r.n]).collect();
-    let total: usize = requests.iter().map(|r| r.n).sum();
-    reporter.start("sample", total as u64);
-    let shared = if ctx.options.share_prefix {
-        let sampled: Vec<&[u32]> = prompts.iter().zip(requests).filter(|(_, r)| r.n > 0).map(|(p, _)| &p[..]).collect();
-        let len = shared_prefix_len(&sampled);
-        (len > 0).then(|| prefill_shared(ctx, &sampled[0][..len])).transpose()?
-    } else {
-        None
-    };
+        .collect()
+}
 
-    let mut queue: VecDeque<usize> = (0..requests.len()).filter(|&i| requests[i].n > 0).collect();
-    let mut ready: VecDeque<Prefilled> = VecDeque::new();
-    let mut active: Vec<Active<'_>> = Vec::new();
-    let mut scratch = Vec::new();
-    loop {
-        // Fill free slots: samples of prefilled prompts first, prefilling more prompts as needed.
-        while active.len() < ctx.options.max_batch {
-            if let Some(p) = ready.front_mut() {
+/// The cache of the beginning every sampled prompt shares, when sharing is on and there is one.
+fn shared_prompt_cache(
+    ctx: &SamplerContext<'_>,
+    prompts: &[Vec<u32>],
+    requests: &[GenerationRequest],
+) -> Result<Option<Arc<KvCache>>> {
+    if !ctx.options.share_prefix {
+        return Ok(None);
+    }
+    let sampled: Vec<&[u32]> = prompts.iter().zip(requests).filter(|(_, r)| r.n > 0).map(|(p, _)| &p[..]).collect();
+    let len = shared_prefix_len(&sampled);
+    (len > 0).then(|| prefill_shared(ctx, &sampled[0][..len])).transpose()
+}
+
+/// The state of one [`generate`] call: prompts waiting for their prefill, prefilled prompts
+/// waiting for slots, the sequences decoding, and the finished completions.
+struct Decoder<'a> {
+    ctx: &'a SamplerContext<'a>,
+    requests: &'a [GenerationRequest],
+    params: &'a SamplingParams,
+    chooser: &'a TokenChooser,
+    prompts: &'a [Vec<u32>],
+    shared: Option<&'a Arc<KvCache>>,
+    reporter: &'a dyn Reporter,
+    queue: VecDeque<usize>,
+    ready: VecDeque<Prefilled>,
+    active: Vec<Active<'a>>,
+    scratch: Vec<(f32, u32)>,
+    results: Vec<Vec<Option<Completion>>>,
+}
+
+impl Decoder<'_> {
+    /// Fills free slots: samples of prefilled prompts first, prefilling more prompts as needed.
+    fn fill_slots(&mut self) -> Result<()> {
+        let (ctx, params) = (self.ctx, self.params);
+        while self.active.len() < ctx.options.max_batch {
+            if let Some(p) = self.ready.front_mut() {
                 let seq = Active {
                     request: p.request,
                     sample: p.next_sample,
@@ -162,32 +217,35 @@ pub(crate) fn generate(
                     next_pos: p.prompt_len,
                 };
                 p.next_sample += 1;
-                if p.next_sample == requests[p.request].n {
-                    ready.pop_front();
+                if p.next_sample == self.requests[p.request].n {
+                    self.ready.pop_front();
                 }
                 if params.max_new_tokens == 0 {
                     let done = Completion { text: String::new(), tokens: 0, finish: FinishReason::Length };
-                    results[seq.request][seq.sample] = Some(done);
-                    reporter.advance(1);
+                    self.results[seq.request][seq.sample] = Some(done);
+                    self.reporter.advance(1);
                 } else {
-                    active.push(seq);
+                    self.active.push(seq);
                 }
-            } else if !queue.is_empty() {
-                let free = ctx.options.max_batch - active.len();
-                ready.extend(prefill(ctx, &prompts, requests, shared.as_ref(), &mut queue, free)?);
+            } else if !self.queue.is_empty() {
+                let free = ctx.options.max_batch - self.active.len();
+                let prefilled = prefill(ctx, self.prompts, self.requests, self.shared, &mut self.queue, free)?;
+                self.ready.extend(prefilled);
             } else {
                 break;
             }
         }
-        if active.is_empty() {
-            break;
-        }
-        // Sample one token per sequence; retire the finished.
+        Ok(())
+    }
+
+    /// Samples one token per sequence and retires the finished ones.
+    fn choose_tokens(&mut self) -> Result<()> {
+        let (ctx, params) = (self.ctx, self.params);
         let mut finished = 0;
         let mut i = 0;
-        while i < active.len() {
-            let seq = &mut active[i];
-            let token = chooser.choose(&seq.logits, &mut seq.rng, &mut scratch);
+        while i < self.active.len() {
+            let seq = &mut self.active[i];
+            let token = self.chooser.choose(&seq.logits, &mut seq.rng, &mut self.scratch);
             seq.ids.push(token);
             let mut finish = None;
             if ctx.eos_ids.contains(&token) && !params.ignore_eos {
@@ -204,36 +262,37 @@ pub(crate) fn generate(
                 }
             }
             if let Some(reason) = finish {
-                let seq = active.swap_remove(i);
-                results[seq.request][seq.sample] = Some(complete(ctx, &params.stop, &seq.ids, reason)?);
+                let seq = self.active.swap_remove(i);
+                self.results[seq.request][seq.sample] = Some(complete(ctx, &params.stop, &seq.ids, reason)?);
                 finished += 1;
             } else {
                 i += 1;
             }
         }
         if finished > 0 {
-            reporter.advance(finished as u64);
+            self.reporter.advance(finished as u64);
         }
-        if active.is_empty() {
-            continue;
-        }
-        // Feed the sampled tokens back.
+        Ok(())
+    }
+
+    /// Feeds every sequence's sampled token back through the model: the next logits.
+    fn feed_back(&mut self) -> Result<()> {
         let feed: Vec<([u32; 1], [u32; 1])> =
-            active.iter().map(|s| ([*s.ids.last().unwrap_or(&0)], [s.next_pos as u32])).collect();
-        let mut inputs: Vec<StepInput<'_>> = active
+            self.active.iter().map(|s| ([*s.ids.last().unwrap_or(&0)], [s.next_pos as u32])).collect();
+        let mut inputs: Vec<StepInput<'_>> = self
+            .active
             .iter_mut()
             .zip(&feed)
             .map(|(s, (t, p))| StepInput { cache: &mut s.cache, tokens: t, positions: p })
             .collect();
-        let logits = ctx.model.step(&mut inputs)?;
+        let logits = self.ctx.model.step(&mut inputs)?;
         drop(inputs);
-        for (seq, row) in active.iter_mut().zip(logits.chunks_exact(ctx.model.vocab())) {
+        for (seq, row) in self.active.iter_mut().zip(logits.chunks_exact(self.ctx.model.vocab())) {
             seq.logits.copy_from_slice(row);
             seq.next_pos += 1;
         }
+        Ok(())
     }
-    reporter.finish();
-    Ok(results.into_iter().map(|r| r.into_iter().map(|c| c.expect("every sample completes")).collect()).collect())
 }
 
 /// How many leading tokens `prompts` share: their longest common prefix, capped one short of the

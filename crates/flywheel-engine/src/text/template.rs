@@ -11,7 +11,7 @@
 use flywheel_core::{Message, Role, TrainExample};
 
 use crate::error::{EngineError, Result};
-use crate::tokenizer::TextTokenizer;
+use crate::text::tokenizer::TextTokenizer;
 
 /// A piece of rendered text and whether the loss covers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn loss_mask_covers_exactly_completion_and_eos() {
         let tok = TextTokenizer::char_level("0123456789+=").unwrap();
-        let eos = tok.token_id(crate::tokenizer::EOS_TOKEN).unwrap();
+        let eos = tok.token_id(crate::text::tokenizer::EOS_TOKEN).unwrap();
         let ex = TrainExample::single_turn("12+7=", "19");
         let t = tokenize_example(&tok, &RawFormat, &ex, eos).unwrap();
         assert_eq!(t.ids.len(), 5 + 2 + 1);

@@ -1,0 +1,6 @@
+//! The ecosystem's file formats: GGUF models, safetensors checkpoints with `config.json` and
+//! tokenizer files (a Hugging Face model directory), and PEFT adapters.
+
+pub(crate) mod adapter;
+pub(crate) mod checkpoint;
+pub(crate) mod gguf;
