@@ -44,8 +44,9 @@ use adamw::{AdamSettings, AdamW};
 use attention::Heads;
 use ops::{sized, zeroed};
 
-/// Target rows whose logits are computed at once: `HEAD_CHUNK × vocab` floats of scratch.
-const HEAD_CHUNK: usize = 128;
+/// Target rows whose logits are computed at once: `HEAD_CHUNK × vocab` floats of scratch (50 MB
+/// for SmolLM2); fewer, larger chunks mean fewer passes over the output matrix's gradient.
+const HEAD_CHUNK: usize = 256;
 
 /// A parameter's `f32` elements, borrowed from its candle storage for one pass.
 struct Held<'a> {
