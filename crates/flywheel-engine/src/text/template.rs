@@ -55,6 +55,13 @@ pub struct TokenizedExample {
     pub target: Vec<bool>,
 }
 
+impl TokenizedExample {
+    /// Target tokens the loss covers: every target but the first token, which nothing predicts.
+    pub fn predicted_targets(&self) -> usize {
+        self.target.iter().skip(1).filter(|&&t| t).count()
+    }
+}
+
 /// Tokenizes `example` under `format`: every segment is encoded on its own (so the target mask
 /// follows segment boundaries exactly), then `eos` is appended as a target.
 pub fn tokenize_example(

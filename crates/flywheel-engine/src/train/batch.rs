@@ -110,8 +110,7 @@ pub(crate) fn accumulate_gradients(
     examples: &[&TokenizedExample],
     options: &TrainOptions,
 ) -> Result<Accumulated> {
-    let count = |e: &&TokenizedExample| e.target.iter().skip(1).filter(|&&t| t).count();
-    let total: usize = examples.iter().map(count).sum();
+    let total: usize = examples.iter().map(|e| e.predicted_targets()).sum();
     let mut acc = Accumulated { grads: GradStore::default(), loss: 0.0, targets: total, tokens: 0 };
     for part in micro_batches(examples, options.micro_batch_tokens.max(1)) {
         let batch = make_batch(&part, options.pad_id, &model.device)?;

@@ -438,8 +438,7 @@ impl FusedTrainer {
 
     /// Fills `self.grads` with the gradients of the mean loss over `examples`' target tokens.
     fn gradients(&mut self, model: &LlamaModel, examples: &[&TokenizedExample], budget: usize) -> Result<StepStats> {
-        let count = |e: &&TokenizedExample| e.target.iter().skip(1).filter(|&&t| t).count();
-        let total: usize = examples.iter().map(count).sum();
+        let total: usize = examples.iter().map(|e| e.predicted_targets()).sum();
         if total == 0 {
             return Err(EngineError::invalid("batch has no target token"));
         }
