@@ -7,3 +7,5 @@ pub(crate) mod infer;
 pub(crate) mod kernels;
 pub(crate) mod kv_cache;
 pub(crate) mod quant;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod vnni;
