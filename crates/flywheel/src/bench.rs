@@ -14,8 +14,8 @@ use crate::cli::{BenchArgs, BenchTarget};
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.what {
         BenchTarget::Judge { data, seconds } => judge(data, *seconds),
-        BenchTarget::Sampling { model, samples, new_tokens, threads, repeat } => {
-            sampling(model, *samples, *new_tokens, *threads, *repeat)
+        BenchTarget::Sampling { model, samples, new_tokens, threads, repeat, context_words } => {
+            sampling(model, (*samples, *new_tokens, *context_words), *threads, *repeat)
         }
         BenchTarget::Train { model, batch, seq_len, rank, pass, no_checkpoint, steps, threads } => {
             let pass = if pass == "autograd" { TrainPass::Autograd } else { TrainPass::Fused };
@@ -62,13 +62,21 @@ fn judge(data: &std::path::Path, seconds: f64) -> Result<()> {
 
 /// Decodes `samples` completions of `new_tokens` tokens each from one chat prompt (its prefill
 /// shared), `repeat` times after a warm-up, and prints the best run as one JSON line.
-fn sampling(model: &std::path::Path, samples: usize, new_tokens: usize, threads: usize, repeat: usize) -> Result<()> {
+fn sampling(
+    model: &std::path::Path,
+    (samples, new_tokens, context_words): (usize, usize, usize),
+    threads: usize,
+    repeat: usize,
+) -> Result<()> {
     crate::engine::set_threads(threads);
     let load = Instant::now();
     let engine = flywheel_engine::Engine::open(model).with_context(|| format!("loading {}", model.display()))?;
     tracing::info!("loaded {} in {:.1}s", model.display(), load.elapsed().as_secs_f64());
-    let messages =
-        [Message { role: Role::User, content: "Write a short story about a robot who learns to paint.".into() }];
+    const CONTEXT: [&str; 12] = ["Tom", "has", "12", "apples", "and", "buys", "7", "more", "so", "he", "has", "19."];
+    let context: Vec<&str> = CONTEXT.iter().copied().cycle().take(context_words).collect();
+    let request = "Write a short story about a robot who learns to paint.";
+    let content = if context.is_empty() { request.to_string() } else { format!("{}\n\n{request}", context.join(" ")) };
+    let messages = [Message { role: Role::User, content }];
     let prompt = engine.format().render_prompt(&messages)?;
     let prompt_tokens = engine.tokenizer().encode(&prompt)?.len();
     let params = SamplingParams {

@@ -160,6 +160,10 @@ pub enum BenchTarget {
         /// Timed repetitions (the best is reported; one untimed warm-up runs first).
         #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         repeat: usize,
+        /// Words of context put before the request (STaR's few-shot prompts are about 330 tokens,
+        /// which makes attention a larger part of each step).
+        #[arg(long, default_value_t = 0)]
+        context_words: usize,
     },
     /// LoRA fine-tuning throughput of the embedded engine: steps of `batch` sequences of `seq-len`
     /// tokens (every token a target, as a language-modelling peer measures), prints one JSON line.

@@ -23,6 +23,7 @@ use crate::error::{EngineError, Result};
 use crate::model::lora::Proj;
 use crate::model::rope::RopeTables;
 use crate::model::LlamaModel;
+use crate::sample::attention::{attend_rows, DecodeRow};
 use crate::sample::kernels::{add_assign, attend, rms_norm_rows, silu_mul, HeadShape};
 use crate::sample::kv_cache::KvCache;
 use crate::sample::quant::{WeightFormat, Weights};
@@ -77,17 +78,22 @@ fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// `parts` stacked by rows, in `format`.
-fn f32_mat(parts: &[&Tensor], format: WeightFormat) -> Result<Weights> {
+/// `parts` stacked by rows, in `format`; `precise`: see [`Weights::stacked`].
+fn f32_mat(parts: &[&Tensor], format: WeightFormat, precise: bool) -> Result<Weights> {
     let parts: Vec<Tensor> =
         parts.iter().map(|t| t.to_dtype(candle_core::DType::F32)).collect::<candle_core::Result<_>>()?;
-    Weights::stacked(&parts, format)
+    Weights::stacked(&parts, format, precise)
 }
 
 impl InferenceModel {
     /// Snapshots `model`'s current weights, its matrices converted to `format`.
     pub fn new(model: &LlamaModel, format: WeightFormat) -> Result<Self> {
         let c = &model.config;
-        // LoRA adapters, when attached, are merged into these copies (W + scale * B A).
+        // LoRA adapters, when attached, are merged into these copies (W + scale * B A). The query,
+        // key and value projections get precise activations on the int8 kernel: attention's
+        // softmax magnifies their errors (with plain int8 activations there, SmolLM2's greedy
+        // answer to "What is the capital of France?" turned from "The capital of France is
+        // Paris." to "L'Étoile, la Cité, ...").
         let layers = model
             .layers
             .iter()
@@ -96,11 +102,11 @@ impl InferenceModel {
                 let w = |p: Proj| model.merged_weight(i, p);
                 Ok(InferLayer {
                     attn_norm: f32_vec(&l.input_norm)?,
-                    wqkv: f32_mat(&[&w(Proj::Q)?, &w(Proj::K)?, &w(Proj::V)?], format)?,
-                    wo: f32_mat(&[&w(Proj::O)?], format)?,
+                    wqkv: f32_mat(&[&w(Proj::Q)?, &w(Proj::K)?, &w(Proj::V)?], format, true)?,
+                    wo: f32_mat(&[&w(Proj::O)?], format, false)?,
                     mlp_norm: f32_vec(&l.post_norm)?,
-                    wgu: f32_mat(&[&w(Proj::Gate)?, &w(Proj::Up)?], format)?,
-                    wdown: f32_mat(&[&w(Proj::Down)?], format)?,
+                    wgu: f32_mat(&[&w(Proj::Gate)?, &w(Proj::Up)?], format, false)?,
+                    wdown: f32_mat(&[&w(Proj::Down)?], format, false)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -115,7 +121,7 @@ impl InferenceModel {
             embed: f32_vec(&model.embed)?,
             layers,
             norm: f32_vec(&model.norm)?,
-            lm_head: f32_mat(&[model.lm_head.as_ref().unwrap_or(&model.embed)], format)?,
+            lm_head: f32_mat(&[model.lm_head.as_ref().unwrap_or(&model.embed)], format, false)?,
             rope: model.rope.clone(),
             arch: pulp::Arch::new(),
         })
@@ -201,8 +207,25 @@ impl InferenceModel {
                 (qkv_rest, attn_rest) = (rest, rest_out);
                 jobs.push((s, block, out));
             }
-            jobs.into_par_iter().for_each(|(seq, block, out)| {
+            let job = |(seq, block, out): &mut (&mut StepInput<'_>, &mut [f32], &mut [f32])| {
                 self.arch.dispatch(SequenceAttention { model: self, seq, layer: li, block, out });
+            };
+            if rows == jobs.len() {
+                // Decode rows only: RoPE and the cache append are too little work to fork for.
+                jobs.iter_mut().for_each(job);
+            } else {
+                jobs.par_iter_mut().for_each(job);
+            }
+            // Sequences with one new row attend together (`attention.rs`): a cached level they
+            // share is read once for all of them, in one part per thread.
+            let mut decode: Vec<DecodeRow<'_>> = jobs
+                .iter_mut()
+                .filter(|(seq, ..)| seq.tokens.len() == 1)
+                .map(|(seq, block, out)| DecodeRow { q: &block[..qw], cache: &*seq.cache, out })
+                .collect();
+            let part = decode.len().div_ceil(rayon::current_num_threads()).max(1);
+            decode.par_chunks_mut(part).for_each(|rows| {
+                self.arch.dispatch(DecodeAttention { model: self, rows, layer: li });
             });
             add_assign(&mut x, &layer.wo.matmul(&attn, rows)?);
             let h = rms_norm_rows(&x, &layer.mlp_norm, self.eps);
@@ -221,6 +244,8 @@ impl InferenceModel {
 
     /// RoPE, cache append and attention for the new rows of one sequence in layer `layer`.
     /// `block` holds the rows' fused q/k/v projections, `out` receives their attention outputs.
+    /// A single new row (a decode step) is only rotated and appended: it attends in
+    /// [`attend_rows`], with the other sequences that share its cached levels.
     #[inline(always)]
     fn sequence_attention<S: pulp::Simd>(
         &self,
@@ -243,11 +268,32 @@ impl InferenceModel {
         }
         let before = s.cache.len();
         s.cache.push(layer, &ks, &vs);
+        if n == 1 {
+            return; // attends with the batch's other one-row sequences
+        }
         let mut scores = Vec::new();
         for (i, (r, o)) in block.chunks_exact(width).zip(out.chunks_exact_mut(qw)).enumerate() {
             let shape = HeadShape { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim };
             attend(simd, shape, &r[..qw], s.cache, layer, before + i + 1, o, &mut scores);
         }
+    }
+}
+
+/// The decode rows' attention ([`attend_rows`]) as a [`pulp::WithSimd`] operation.
+struct DecodeAttention<'a, 'b, 'c> {
+    model: &'a InferenceModel,
+    rows: &'b mut [DecodeRow<'c>],
+    layer: usize,
+}
+
+impl pulp::WithSimd for DecodeAttention<'_, '_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let m = self.model;
+        let shape = HeadShape { heads: m.heads, kv_heads: m.kv_heads, head_dim: m.head_dim };
+        attend_rows(simd, shape, self.layer, self.rows, &mut Vec::new());
     }
 }
 
@@ -366,6 +412,47 @@ mod tests {
         let reference = reference_logits(&model, &ids);
         assert!(max_abs_diff(&got, &reference[5]) < 1e-4);
         assert_eq!(shared.len(), 4, "the shared prompt is not modified");
+    }
+
+    /// Decode rows attend together, each shared cached level read once for all of them
+    /// (`attention.rs`); a row's logits are the same bits as alone, and the training path's.
+    #[test]
+    fn decode_rows_sharing_cached_levels_match_each_alone() {
+        for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+            let (model, _) = small_model(3, true);
+            let fast = InferenceModel::new(&model, format).unwrap();
+            let prompt = [3u32, 4, 5, 6, 7];
+            let mut root = fast.new_cache();
+            fast.step(&mut [StepInput { cache: &mut root, tokens: &prompt, positions: &[0, 1, 2, 3, 4] }]).unwrap();
+            let root = Arc::new(root);
+            // Two samples of the prompt (one level deeper for the second), and a stranger.
+            let mut mid = KvCache::extending(root.clone());
+            fast.step(&mut [StepInput { cache: &mut mid, tokens: &[9], positions: &[5] }]).unwrap();
+            let mid = Arc::new(mid);
+            let fresh = || (KvCache::extending(root.clone()), KvCache::extending(mid.clone()), fast.new_cache());
+            let (mut a, mut b, mut c) = fresh();
+            let together = fast
+                .step(&mut [
+                    StepInput { cache: &mut a, tokens: &[11], positions: &[5] },
+                    StepInput { cache: &mut b, tokens: &[12], positions: &[6] },
+                    StepInput { cache: &mut c, tokens: &[13], positions: &[0] },
+                ])
+                .unwrap();
+            let (mut a, mut b, mut c) = fresh();
+            let v = fast.vocab();
+            let alone = [
+                fast.step(&mut [StepInput { cache: &mut a, tokens: &[11], positions: &[5] }]).unwrap(),
+                fast.step(&mut [StepInput { cache: &mut b, tokens: &[12], positions: &[6] }]).unwrap(),
+                fast.step(&mut [StepInput { cache: &mut c, tokens: &[13], positions: &[0] }]).unwrap(),
+            ];
+            for (i, alone) in alone.iter().enumerate() {
+                assert_eq!(&together[i * v..(i + 1) * v], alone.as_slice(), "{format:?}: sequence {i}");
+            }
+            if format == WeightFormat::F32 {
+                let want = reference_logits(&model, &[3, 4, 5, 6, 7, 9, 12]);
+                assert!(max_abs_diff(&together[v..2 * v], &want[6]) < 1e-4);
+            }
+        }
     }
 
     #[test]

@@ -52,16 +52,7 @@ pub(crate) fn attend<S: pulp::Simd>(
             }
         }
         for row in scores.chunks_exact_mut(keys) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            for s in row.iter_mut() {
-                *s *= inv;
-            }
+            softmax(row);
         }
         let os = &mut out[kvh * group * hd..][..group * hd];
         for (g, oh) in os.chunks_exact_mut(hd).enumerate() {
@@ -69,6 +60,42 @@ pub(crate) fn attend<S: pulp::Simd>(
             weighted_sum(simd, &scores[g * keys..][..keys], values, oh);
         }
     }
+}
+
+/// `row` replaced by its softmax (in place), with [`exp_nonpositive`] (the arguments are at most
+/// 0), which the compiler vectorizes where libm's `expf` is a call per score.
+#[inline(always)]
+pub(crate) fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for s in row.iter_mut() {
+        *s = exp_nonpositive(*s - max);
+    }
+    let mut sum = 0.0;
+    for s in row.iter() {
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for s in row.iter_mut() {
+        *s *= inv;
+    }
+}
+
+/// `e^x` for `x <= 0`, within 2 ulp: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `e^r`
+/// by its degree-7 Taylor polynomial (truncation below 2e-8 relative), times `2^n` built in the
+/// exponent bits. Below -87 (where `e^x` is under `f32`'s normal range) it returns about `1e-38`
+/// or less, never a subnormal; no branch, so a loop of it vectorizes.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p: f32 = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p.mul_add(r, c);
+    }
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// `out = Σ_j p[j] v_j` over the value rows `values()` (as many as `p` has), each output lane summed in key order with
@@ -152,7 +179,7 @@ pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
 /// `a · b` in SIMD registers of `S`, fused multiply-adds where the CPU has them. Four
 /// accumulators, so that a head's products are not one chain of dependent additions.
 #[inline(always)]
-fn dot_simd<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_simd<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     let (ah, at) = S::as_simd_f32s(a);
     let (bh, bt) = S::as_simd_f32s(b);
     let (a4, b4) = (ah.chunks_exact(4), bh.chunks_exact(4));
@@ -213,6 +240,19 @@ mod tests {
             weighted_sum(simd, self.p, || self.values.iter().map(Vec::as_slice), &mut out);
             (out, dot_simd(simd, &self.values[0], &self.values[1]))
         }
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 87.0 / 200_000.0;
+            let (got, want) = (f64::from(exp_nonpositive(x)), f64::from(x).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2.0 * f64::from(f32::EPSILON), "worst relative error {worst:e}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1000.0) < 1e-37 && exp_nonpositive(f32::NEG_INFINITY) >= 0.0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sampling: the no-grad inference model (`f32` or Q8_0 weights), its per-row kernels and KV
 //! cache, choosing each next token, and the batched generation loop.
 
+pub(crate) mod attention;
 pub(crate) mod choose;
 pub(crate) mod generate;
 pub(crate) mod infer;

@@ -61,11 +61,12 @@ pub(crate) enum Weights {
 }
 
 impl Weights {
-    /// `parts` (`f32` matrices of equal width) stacked by rows, in `format`.
-    pub fn stacked(parts: &[Tensor], format: WeightFormat) -> Result<Self> {
+    /// `parts` (`f32` matrices of equal width) stacked by rows, in `format`; `precise`: on the
+    /// int8 kernel, quantize this product's activations in two parts (see `vnni.rs`).
+    pub fn stacked(parts: &[Tensor], format: WeightFormat, precise: bool) -> Result<Self> {
         Ok(match format {
             WeightFormat::F32 => Weights::F32(Tensor::cat(parts, 0)?.contiguous()?),
-            WeightFormat::Q8_0 => Weights::Q8(Q8Matrix::stacked(parts)?),
+            WeightFormat::Q8_0 => Weights::Q8(Q8Matrix::stacked(parts, Kernel::detect(), precise)?),
         })
     }
 
@@ -92,6 +93,8 @@ pub(crate) struct Q8Matrix {
     /// The same blocks interleaved for the int8 kernel, where it runs.
     #[cfg(target_arch = "x86_64")]
     packed: Option<vnni::Packed>,
+    /// Whether the int8 kernel quantizes this product's activations in two parts.
+    precise: bool,
 }
 
 impl Q8Matrix {
@@ -106,7 +109,7 @@ impl Q8Matrix {
     }
 
     /// Quantizes `parts` (`f32` matrices `(n_i, k)`) stacked by rows, reading each in place.
-    pub fn stacked(parts: &[Tensor]) -> Result<Self> {
+    pub fn stacked(parts: &[Tensor], kernel: Kernel, precise: bool) -> Result<Self> {
         let mut dims = Vec::with_capacity(parts.len());
         for p in parts {
             dims.push(p.dims2()?);
@@ -127,7 +130,7 @@ impl Q8Matrix {
             m.quantize_rows(first, &cpu.as_slice::<f32>()?[start..end]);
             first += n;
         }
-        Ok(m.for_kernel(Kernel::detect()))
+        Ok(Self { precise, ..m.for_kernel(kernel) })
     }
 
     fn zeros(n: usize, k: usize) -> Self {
@@ -140,6 +143,7 @@ impl Q8Matrix {
             quants: vec![[0; BLOCK]; n * blocks],
             #[cfg(target_arch = "x86_64")]
             packed: None,
+            precise: false,
         }
     }
 
@@ -214,7 +218,7 @@ impl Q8Matrix {
     #[cfg(target_arch = "x86_64")]
     fn matmul_int8(&self, packed: &vnni::Packed, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, groups, threads) = (self.n, packed.groups(), rayon::current_num_threads());
-        let xq = vnni::Activations::quantize(x, rows, self.blocks);
+        let xq = vnni::Activations::quantize(x, rows, self.blocks, self.precise);
         let mut out = vec![0f32; rows * n];
         if rows >= ROW_SPLIT {
             let band = rows.div_ceil(2 * threads);
@@ -687,10 +691,11 @@ mod tests {
             eprintln!("this CPU lacks AVX-512 VNNI: skipped");
             return;
         }
-        for (rows, n, k) in [(1, 5, 32), (3, 40, 96), (15, 37, 80), (8, 17, 576), (70, 150, 64), (2, 1, 1536)] {
+        let shapes = [(1, 5, 32), (3, 40, 96), (15, 37, 80), (8, 17, 576), (70, 150, 64), (2, 1, 1536)];
+        for ((rows, n, k), precise) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             let w = random(n * k, 12);
             let rowwise = Q8Matrix::quantize(&w, n, k);
-            let m = Q8Matrix::quantize(&w, n, k).for_kernel(Kernel::Int8);
+            let m = Q8Matrix { precise, ..Q8Matrix::quantize(&w, n, k).for_kernel(Kernel::Int8) };
             let packed = m.packed.as_ref().expect("packed");
             for j in 0..n {
                 let (q, d) = packed.row(j);
@@ -704,7 +709,7 @@ mod tests {
             let kp = m.blocks * BLOCK;
             let xp: Vec<f32> =
                 x.chunks(k).flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, kp - k))).collect();
-            let xq = vnni::Activations::quantize(&xp, rows, m.blocks);
+            let xq = vnni::Activations::quantize(&xp, rows, m.blocks, precise);
             for i in 0..rows {
                 for j in 0..n {
                     assert_eq!(
@@ -714,10 +719,12 @@ mod tests {
                     );
                 }
             }
-            // Each weight and each activation is off by at most 1/254 of its block's largest
-            // magnitude (here at most 1): k products, each off by at most 2/254 + 1/254².
+            // Each weight is off by at most 1/254 of its block's largest magnitude (here at most
+            // 1), each activation by 1/254 too, or 1/(254 · 508) when precise: k products, each
+            // off by at most the sum of the two and their product.
             let exact = reference(&x, rows, &w, n);
-            let bound = k as f32 * (2.0 / 254.0 + 1.0 / 254.0 / 254.0);
+            let ex = if precise { 1.0 / 254.0 / 508.0 } else { 1.0 / 254.0 };
+            let bound = k as f32 * (1.0 / 254.0 + ex + ex / 254.0) + 1e-4;
             assert!(got.iter().zip(&exact).all(|(g, e)| (g - e).abs() <= bound), "rows={rows} n={n} k={k}");
             assert!(got.iter().zip(&exact).any(|(g, e)| g != e), "the activations really are quantized");
         }
@@ -729,8 +736,8 @@ mod tests {
         let w = random(n * k, 6);
         let t = Tensor::from_vec(w.clone(), (n, k), &candle_core::Device::Cpu).unwrap();
         let x = random(rows * k, 7);
-        let f = Weights::stacked(std::slice::from_ref(&t), WeightFormat::F32).unwrap().matmul(&x, rows).unwrap();
-        let q = Weights::stacked(&[t], WeightFormat::Q8_0).unwrap().matmul(&x, rows).unwrap();
+        let f = Weights::stacked(std::slice::from_ref(&t), WeightFormat::F32, false).unwrap().matmul(&x, rows).unwrap();
+        let q = Weights::stacked(&[t], WeightFormat::Q8_0, false).unwrap().matmul(&x, rows).unwrap();
         // Weights off by at most 1/254 of their block's largest (and, on the int8 kernel, the
         // activations as well).
         assert!(f.iter().zip(&q).all(|(a, b)| (a - b).abs() <= 2.0 * k as f32 / 254.0));

@@ -25,8 +25,9 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, __m512i, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
-    _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    __m512, __m512i, _mm512_add_epi32, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_loadu_si512, _mm512_mul_ps, _mm512_mullo_epi32, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_storeu_ps,
 };
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -109,31 +110,63 @@ impl Packed {
 
 /// Activation rows in Q8_0 blocks, as the kernel reads them: per row and block, the 32 quants as
 /// eight little-endian words (each broadcast to every lane), the scale, and `-128 Σq`.
+///
+/// *Precise* activations carry a second set of quants, the rounding error of the first quantized
+/// again at 1/254 of the step (`x ≈ d (q + q' / 254)`): the kernel then sums `254 Σwq + Σwq'` in
+/// integers (twice the `vpdpbusd` work), for an error of at most `d / 508` per value instead of
+/// `d / 2`, close to `f32` products with the Q8_0 weights.
 pub(crate) struct Activations {
     blocks: usize,
     quants: Vec<[i32; STEPS]>,
     scales: Vec<f32>,
     starts: Vec<i32>,
+    /// The second quants and their starts, for precise activations.
+    low: Option<(Vec<[i32; STEPS]>, Vec<i32>)>,
+}
+
+/// The words and start of one block's quants.
+fn words(q: &[i8; BLOCK]) -> ([i32; STEPS], i32) {
+    let words = std::array::from_fn(|s| {
+        i32::from_le_bytes([q[4 * s], q[4 * s + 1], q[4 * s + 2], q[4 * s + 3]].map(|v| v as u8))
+    });
+    (words, -128 * q.iter().map(|&v| i32::from(v)).sum::<i32>())
 }
 
 impl Activations {
-    /// Quantizes `rows` rows of `x` (each `blocks * 32` wide, row-major).
-    pub fn quantize(x: &[f32], rows: usize, blocks: usize) -> Self {
+    /// Quantizes `rows` rows of `x` (each `blocks * 32` wide, row-major), `precise` or not.
+    pub fn quantize(x: &[f32], rows: usize, blocks: usize, precise: bool) -> Self {
         assert_eq!(x.len(), rows * blocks * BLOCK, "quantize: {rows} rows of {} expected", blocks * BLOCK);
         let whole = pulp::as_arrays::<BLOCK, f32>(x).0;
         let (mut scales, mut q) = (vec![0f32; whole.len()], vec![[0i8; BLOCK]; whole.len()]);
         super::quant::quantize_blocks(whole, &mut scales, &mut q);
-        let starts = q.iter().map(|q| -128 * q.iter().map(|&v| i32::from(v)).sum::<i32>()).collect();
-        let quants = q
-            .iter()
-            .map(|q| {
-                std::array::from_fn(|s| {
-                    i32::from_le_bytes([q[4 * s], q[4 * s + 1], q[4 * s + 2], q[4 * s + 3]].map(|v| v as u8))
-                })
-            })
-            .collect();
-        Self { blocks, quants, scales, starts }
+        let (quants, starts) = q.iter().map(words).unzip();
+        let low = precise.then(|| {
+            assert!(available(), "int8 activations need AVX-512 F, BW and VNNI");
+            // SAFETY: `available()` checked that this CPU has every feature `residuals` is
+            // compiled for.
+            let low = unsafe { residuals(whole, &q, &mut scales) };
+            low.into_iter().map(|q| words(&q)).unzip()
+        });
+        Self { blocks, quants, scales, starts, low }
     }
+}
+
+/// The second quants of precise activations: each block's rounding error `x - d q` in steps of
+/// `d / 254` (within ±127: the error is at most half a step of `d`); the scales become `d / 254`.
+/// Compiled with AVX-512 so that the rounding vectorizes (elsewhere it is a call per value).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn residuals(x: &[[f32; BLOCK]], q: &[[i8; BLOCK]], scales: &mut [f32]) -> Vec<[i8; BLOCK]> {
+    let mut low = Vec::with_capacity(x.len());
+    for ((x, q), d) in x.iter().zip(q).zip(scales) {
+        let inv = if *d > 0.0 { 254.0 / *d } else { 0.0 };
+        let mut ql = [0i8; BLOCK];
+        for ((ql, &x), &q) in ql.iter_mut().zip(x).zip(q) {
+            *ql = ((x - *d * f32::from(q)) * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        low.push(ql);
+        *d /= 254.0;
+    }
+    low
 }
 
 /// `x · w^T` for the groups `groups` of `w` and every row of `out`: `out[r]` receives activation
@@ -159,17 +192,24 @@ fn run(w: &Packed, groups: Range<usize>, x: &Activations, first: usize, out: &mu
         let (wq, wd) = (&w.quants[g * blocks..][..blocks], &w.scales[g * blocks..][..blocks]);
         let mut r = 0;
         while r < rows {
-            let (xq, xd, xs) = (
-                &x.quants[(first + r) * blocks..],
-                &x.scales[(first + r) * blocks..],
-                &x.starts[(first + r) * blocks..],
-            );
+            let at = (first + r) * blocks;
+            let high = (&x.quants[at..], &x.starts[at..]);
+            let xd = &x.scales[at..];
             let out = &mut out[r..];
-            r += match rows - r {
-                TILE.. => store(tile::<TILE>(wq, wd, xq, xd, xs, blocks), out, i),
-                4.. => store(tile::<4>(wq, wd, xq, xd, xs, blocks), out, i),
-                2.. => store(tile::<2>(wq, wd, xq, xd, xs, blocks), out, i),
-                _ => store(tile::<1>(wq, wd, xq, xd, xs, blocks), out, i),
+            r += match (&x.low, rows - r) {
+                (None, TILE..) => store(tile::<TILE, false>(wq, wd, high, high, xd, blocks), out, i),
+                (None, 4..) => store(tile::<4, false>(wq, wd, high, high, xd, blocks), out, i),
+                (None, 2..) => store(tile::<2, false>(wq, wd, high, high, xd, blocks), out, i),
+                (None, _) => store(tile::<1, false>(wq, wd, high, high, xd, blocks), out, i),
+                (Some((lq, ls)), n) => {
+                    let low = (&lq[at..], &ls[at..]);
+                    match n {
+                        TILE.. => store(tile::<TILE, true>(wq, wd, high, low, xd, blocks), out, i),
+                        4.. => store(tile::<4, true>(wq, wd, high, low, xd, blocks), out, i),
+                        2.. => store(tile::<2, true>(wq, wd, high, low, xd, blocks), out, i),
+                        _ => store(tile::<1, true>(wq, wd, high, low, xd, blocks), out, i),
+                    }
+                }
             };
         }
     }
@@ -192,17 +232,18 @@ fn store<const R: usize>(sums: [__m512; R], out: &mut [&mut [f32]], i: usize) ->
     R
 }
 
-/// `R` activation rows (`blocks` blocks each, consecutive in `xq`/`xd`/`xs`) · one group's
-/// sixteen weight rows: per block and row, `p = -128 Σx + Σ_s vpdpbusd(w_s, x_s)` (exact), then
+/// `R` activation rows (`blocks` blocks each, consecutive: quants and starts `high`, scales `xd`)
+/// · one group's sixteen weight rows: per block and row, `p = -128 Σx + Σ_s vpdpbusd(w_s, x_s)`
+/// (exact; with `PRECISE`, `254 p + p'` of the second quants `low`), then
 /// `acc = fma(float(p), dw * dx, acc)` on the sixteen lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn tile<const R: usize>(
+fn tile<const R: usize, const PRECISE: bool>(
     wq: &[[[u8; 4 * GROUP]; STEPS]],
     wd: &[[f32; GROUP]],
-    xq: &[[i32; STEPS]],
+    (xq, xs): (&[[i32; STEPS]], &[i32]),
+    (lq, ls): (&[[i32; STEPS]], &[i32]),
     xd: &[f32],
-    xs: &[i32],
     blocks: usize,
 ) -> [__m512; R] {
     let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
@@ -223,6 +264,20 @@ fn tile<const R: usize>(
                 *p = _mm512_dpbusd_epi32(*p, w, _mm512_set1_epi32(xq[r * blocks + b][s]));
             }
         }
+        if PRECISE {
+            let mut pl: [__m512i; R] = [_mm512_set1_epi32(0); R];
+            for (r, pl) in pl.iter_mut().enumerate() {
+                *pl = _mm512_set1_epi32(ls[r * blocks + b]);
+            }
+            for (s, &w) in ws.iter().enumerate() {
+                for (r, pl) in pl.iter_mut().enumerate() {
+                    *pl = _mm512_dpbusd_epi32(*pl, w, _mm512_set1_epi32(lq[r * blocks + b][s]));
+                }
+            }
+            for (p, &pl) in p.iter_mut().zip(&pl) {
+                *p = _mm512_add_epi32(_mm512_mullo_epi32(*p, _mm512_set1_epi32(254)), pl);
+            }
+        }
         for (r, (acc, &p)) in acc.iter_mut().zip(&p).enumerate() {
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * blocks + b]));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, *acc);
@@ -238,9 +293,15 @@ pub(crate) fn reference(w: &Packed, x: &Activations, r: usize, j: usize) -> f32 
     let (q, d) = w.row(j);
     let mut acc = 0f32;
     for b in 0..w.blocks {
-        let words = &x.quants[r * w.blocks + b];
-        let xs: Vec<i32> = words.iter().flat_map(|v| v.to_le_bytes().map(|b| i32::from(b as i8))).collect();
-        let dot: i32 = q[b].iter().zip(&xs).map(|(&w, &x)| i32::from(w) * x).sum();
+        let dot = |words: &[i32; STEPS]| -> i32 {
+            let xs = words.iter().flat_map(|v| v.to_le_bytes().map(|b| i32::from(b as i8)));
+            q[b].iter().zip(xs).map(|(&w, x)| i32::from(w) * x).sum()
+        };
+        let mut sum = dot(&x.quants[r * w.blocks + b]);
+        if let Some((low, _)) = &x.low {
+            sum = 254 * sum + dot(&low[r * w.blocks + b]);
+        }
+        let dot = sum;
         acc = (dot as f32).mul_add(d[b] * x.scales[r * w.blocks + b], acc);
     }
     acc
