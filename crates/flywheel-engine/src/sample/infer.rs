@@ -77,7 +77,6 @@ fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
-/// `parts` stacked by rows, in `format`.
 /// `parts` stacked by rows, in `format`; `precise`: see [`Weights::stacked`].
 fn f32_mat(parts: &[&Tensor], format: WeightFormat, precise: bool) -> Result<Weights> {
     let parts: Vec<Tensor> =

@@ -206,10 +206,7 @@ impl Q8Matrix {
         if let Some(packed) = &self.packed {
             return self.matmul_int8(packed, x, rows);
         }
-        let xb: &[[f32; BLOCK]] = pulp::as_arrays::<BLOCK, f32>(x).0;
-        self.split(rows, |q, d, first, count, layout, out| {
-            matmul_rows(q, d, blocks, &xb[first * blocks..], count, layout, out)
-        })
+        self.matmul_f32(pulp::as_arrays::<BLOCK, f32>(x).0, rows)
     }
 
     /// [`Q8Matrix::matmul`] on the int8 kernel, `x` padded to whole blocks. A decode step's few
@@ -246,13 +243,9 @@ impl Q8Matrix {
         out
     }
 
-    /// Runs the `f32` kernel `kernel(quants, scales, first, count, layout, out)` (activation rows
-    /// `first..first + count` against the given weight rows) over the product's parts in parallel,
-    /// and returns the row-major `rows × n` result.
-    fn split<K>(&self, rows: usize, kernel: K) -> Vec<f32>
-    where
-        K: Fn(&[[i8; BLOCK]], &[f32], usize, usize, Layout, &mut [f32]) + Sync,
-    {
+    /// [`Q8Matrix::matmul`] on the `f32` kernel, `xb` the rows padded to whole blocks, its parts
+    /// in parallel.
+    fn matmul_f32(&self, xb: &[[f32; BLOCK]], rows: usize) -> Vec<f32> {
         let (n, blocks, threads) = (self.n, self.blocks, rayon::current_num_threads());
         if rows >= ROW_SPLIT {
             // Many rows (a prefill): each task takes a band of rows and every weight (re-reading
@@ -260,9 +253,9 @@ impl Q8Matrix {
             // row-major result in place.
             let band = rows.div_ceil(2 * threads).next_multiple_of(TILE);
             let mut out = vec![0f32; rows * n];
-            out.par_chunks_mut(band * n).enumerate().for_each(|(t, out)| {
+            out.par_chunks_mut(band * n).zip(xb.par_chunks(band * blocks)).for_each(|(out, x)| {
                 let layout = Layout { weight_stride: 1, row_stride: n };
-                kernel(&self.quants, &self.scales, t * band, out.len() / n, layout, out);
+                matmul_rows(&self.quants, &self.scales, blocks, x, out.len() / n, layout, out);
             });
             return out;
         }
@@ -274,7 +267,7 @@ impl Q8Matrix {
             let (first, count) = (t * per_task, out.len() / rows);
             let q = &self.quants[first * blocks..(first + count) * blocks];
             let d = &self.scales[first * blocks..(first + count) * blocks];
-            kernel(q, d, 0, rows, Layout { weight_stride: rows, row_stride: 1 }, out);
+            matmul_rows(q, d, blocks, xb, rows, Layout { weight_stride: rows, row_stride: 1 }, out);
         });
         if rows == 1 {
             return out_t;
