@@ -17,7 +17,7 @@ pub struct Problem {
 }
 
 /// Who speaks a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A system instruction.
@@ -29,7 +29,7 @@ pub enum Role {
 }
 
 /// One chat message, in the Hugging Face `messages` shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     /// Who speaks.
     pub role: Role,
@@ -40,7 +40,7 @@ pub struct Message {
 /// One supervised example: a conversation whose assistant turns are the training targets.
 ///
 /// Serialises as `{"messages": [...]}`, the JSONL shape TRL and most SFT tools read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TrainExample {
     /// The conversation; loss is taken on assistant turns only.
     pub messages: Vec<Message>,

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quality::metrics::Quality;
+use crate::quality::watch::Warning;
 use crate::strategy::StrategyStats;
 
 /// One line of `metrics.jsonl`.
@@ -21,6 +23,8 @@ pub enum Event {
     Eval(EvalEvent),
     /// The run stopped early.
     Stop(StopEvent),
+    /// The quality of an iteration's samples, kept set and held-out answers (`quality.json`).
+    Quality(Box<QualityEvent>),
 }
 
 impl Event {
@@ -31,6 +35,7 @@ impl Event {
             Event::Train(e) => e.iteration,
             Event::Eval(e) => e.iteration,
             Event::Stop(e) => e.iteration,
+            Event::Quality(e) => e.iteration,
         }
     }
 }
@@ -122,4 +127,27 @@ pub struct StopEvent {
     pub iteration: usize,
     /// What the rule saw.
     pub reason: String,
+}
+
+/// The quality of one iteration: what `iter-NNNN/quality.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QualityEvent {
+    /// The iteration.
+    pub iteration: usize,
+    /// Every sample the strategy drew (none in iteration 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Quality>,
+    /// The samples kept for training (none in iteration 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Quality>,
+    /// The greedy held-out answers.
+    pub heldout: Quality,
+    /// Held-out accuracy.
+    pub accuracy: f64,
+    /// Held-out accuracy minus the previous iteration's (`None` in iteration 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_change: Option<f64>,
+    /// The collapse watch's warnings on this iteration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
 }

@@ -1,11 +1,18 @@
 //! `flywheel report`: a run's accuracy per iteration and bucket, what each iteration drew and kept,
-//! and several runs side by side, as plain text tables.
+//! its quality metrics and warnings, and several runs side by side, as plain text tables or as one
+//! self-contained HTML page (`html.rs`).
+
+mod html;
 
 use std::fmt::Write as _;
 use std::path::Path;
 
+pub use html::render_html;
+
 use crate::eval::EvalReport;
-use crate::events::{Event, SampleEvent};
+use crate::events::{Event, QualityEvent, SampleEvent};
+use crate::quality::metrics::Quality;
+use crate::quality::watch::Severity;
 use crate::rundir::{read_events, RunPaths};
 use crate::strategy::StrategyStats;
 use crate::{LoopError, Result};
@@ -175,6 +182,78 @@ pub fn render_data(run: &RunReport) -> String {
     for e in &run.events {
         if let Event::Stop(stop) = e {
             let _ = writeln!(out, "stopped early after iteration {}: {}", stop.iteration, stop.reason);
+        }
+    }
+    out
+}
+
+/// The quality table of a run: per iteration, the diversity and repetition of the samples drawn
+/// (distinct-1/2/3, moving-average TTR, near-duplicate rate, self-BLEU, answer entropy in bits,
+/// repetition, mean length in words), the near-duplicate rate of the kept set, the distinct-2 of
+/// the held-out answers and the change in held-out accuracy; then the collapse watch's warnings.
+/// Empty when the run has no `quality` events (runs made before they existed).
+pub fn render_quality(run: &RunReport) -> String {
+    let events: Vec<&QualityEvent> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Quality(q) => Some(&**q),
+            _ => None,
+        })
+        .collect();
+    if events.is_empty() {
+        return String::new();
+    }
+    let f = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.3}"));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>4}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>10}  {:>9}  {:>8}",
+        "iter",
+        "dist-1",
+        "dist-2",
+        "dist-3",
+        "mattr",
+        "n-dup",
+        "sBLEU",
+        "ans-H",
+        "rep",
+        "len",
+        "kept n-dup",
+        "eval d-2",
+        "acc chg"
+    );
+    for q in events {
+        let s = q.samples.as_ref();
+        let pick = |g: fn(&Quality) -> Option<f64>| f(s.and_then(g));
+        let _ = writeln!(
+            out,
+            "{:>4}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>10}  {:>9}  {:>8}",
+            q.iteration,
+            pick(|q| q.distinct_1),
+            pick(|q| q.distinct_2),
+            pick(|q| q.distinct_3),
+            pick(|q| q.mattr),
+            pick(|q| q.near_duplicate_rate),
+            pick(|q| q.self_bleu),
+            pick(|q| q.answer_entropy),
+            pick(|q| q.repetition),
+            s.and_then(|q| q.length_mean).map_or("-".to_owned(), |l| format!("{l:.1}")),
+            f(q.kept.as_ref().and_then(|k| k.near_duplicate_rate)),
+            f(q.heldout.distinct_2),
+            q.accuracy_change.map_or("-".to_owned(), |c| format!("{:+.1}", c * 100.0)),
+        );
+    }
+    for q in run.events.iter().filter_map(|e| match e {
+        Event::Quality(q) => Some(q),
+        _ => None,
+    }) {
+        for w in &q.warnings {
+            let level = match w.severity {
+                Severity::Warning => "warning",
+                Severity::Critical => "CRITICAL",
+            };
+            let _ = writeln!(out, "iteration {}: {level} {}: {}", q.iteration, w.rule, w.message);
         }
     }
     out

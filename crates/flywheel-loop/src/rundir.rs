@@ -6,7 +6,7 @@
 //! RUN/.lock                  held by the process using the run (a second one is refused)
 //! RUN/metrics.jsonl          one line per event
 //! RUN/iter-0003/samples.jsonl, train.jsonl (train-2.jsonl ...: later training sets), pairs.jsonl,
-//!               eval.json, eval-samples.jsonl, model/
+//!               eval.json, eval-samples.jsonl, quality.json (diversity, warnings), model/
 //! ```
 //!
 //! Every path of a run is named here and nowhere else; the runner and the report ask for them.
@@ -119,6 +119,11 @@ impl RunPaths {
         self.iter_dir(k).join("eval-sampled.jsonl")
     }
 
+    /// The quality metrics of iteration `k` (diversity, repetition, accuracy trend).
+    pub fn quality_path(&self, k: usize) -> PathBuf {
+        self.iter_dir(k).join("quality.json")
+    }
+
     /// `metrics.jsonl`.
     pub fn metrics_path(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
@@ -158,7 +163,7 @@ impl std::ops::Deref for RunDir {
 /// The config keys a run may change after an iteration finished, because they alter nothing
 /// already computed: the iteration count (raised only), the worker threads (a run moved to
 /// another machine; later iterations then round as that count does) and early stopping.
-pub const RESUMABLE_KEYS: [&str; 3] = ["iterations", "threads", "early-stop"];
+pub const RESUMABLE_KEYS: [&str; 4] = ["iterations", "threads", "early-stop", "watch"];
 
 impl RunDir {
     /// Starts a new run in `root`, which must be new, empty, or a run that stopped before its first
@@ -648,6 +653,19 @@ impl PendingFile {
         self.scratch.persist(&path).map_err(|e| LoopError::Io { path, source: e.error })?;
         Ok(())
     }
+}
+
+/// Reads a JSONL file this module wrote; a line that does not parse is reported with its number.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = fs::read_to_string(path).map_err(|source| LoopError::Io { path: path.to_owned(), source })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| LoopError::Corrupt { path: path.to_owned(), message: format!("line {}: {e}", i + 1) })
+        })
+        .collect()
 }
 
 /// Writes one JSON line per item to `path`, atomically.

@@ -4,17 +4,22 @@
 //! Each iteration reads only the previous iteration's checkpoint (and the base's) and seeds derived
 //! from the master seed, so a resumed run replays exactly what an uninterrupted one would do. The
 //! runner knows no strategy: it holds a generator backend and a trainer backend, built from config
-//! by the caller, and a strategy built from `[strategy]`.
+//! by the caller, and a strategy built from `[strategy]`. After each evaluation it measures the
+//! quality of the iteration's samples, kept set and held-out answers (`quality.json`).
 
 use std::time::Instant;
 
-use flywheel_core::{Generator, Reporter, TrainSummary};
+use flywheel_core::{Generator, Reporter, TrainExample, TrainSummary};
 
 use crate::backend::{GeneratorBackend, Phase, TrainerBackend};
-use crate::config::{FineTuneFrom, ModelConfig};
+use crate::config::{DataPolicy, FineTuneFrom, ModelConfig};
 use crate::eval::evaluate;
-use crate::events::{EvalEvent, Event, SampleEvent, StopEvent, TrainEvent};
-use crate::rundir::{write_atomic, write_jsonl, RunDir};
+use crate::events::{EvalEvent, Event, QualityEvent, SampleEvent, StopEvent, TrainEvent};
+use crate::quality::metrics::{Item, Quality, QualityMetrics};
+use crate::quality::mitigate;
+use crate::quality::watch::{self, Severity};
+use crate::records::SampleRecord;
+use crate::rundir::{read_jsonl, write_atomic, write_jsonl, RunDir};
 use crate::strategy::{self, mean, pairs, Collected, Context, Strategy};
 use crate::{seeds, stop, tasks, LoopError, Result, Task};
 
@@ -33,7 +38,8 @@ pub struct Runner<'r, G: GeneratorBackend, T: TrainerBackend> {
 pub enum Outcome {
     /// Every configured iteration ran.
     Finished,
-    /// Held-out accuracy stalled; the run stopped after this iteration (resumable).
+    /// Held-out accuracy stalled, or a critical collapse warning fired; the run stopped after this
+    /// iteration (resumable).
     StoppedEarly(usize),
 }
 
@@ -107,7 +113,8 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         if let Some(summary) = self.trainer.init(&config, self.task.as_ref(), seed, phase, &out, self.reporter)? {
             self.log_training(0, 0, "seed set", seed_set.len(), &summary)?;
         }
-        self.evaluate(0)?;
+        let (accuracy, heldout) = self.evaluate(0)?;
+        self.record_quality(0, None, &heldout, accuracy)?;
         self.dir.finish_iteration(0)
     }
 
@@ -129,8 +136,16 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
                 seed: seeds::derive(config.seed, "sample", k),
                 reporter: self.reporter,
             };
-            self.strategy.collect(&mut cx)?
+            match config.mitigation.temperature_at(k) {
+                Some(t) => {
+                    tracing::info!("iteration {k}: sampling at temperature {t} (temperature-schedule)");
+                    strategy::build(&config.strategy.with_temperature(t)).collect(&mut cx)?
+                }
+                None => self.strategy.collect(&mut cx)?,
+            }
         };
+        let mut collected = collected;
+        self.mitigate(k, &mut collected)?;
         let seconds = started.elapsed().as_secs_f64();
         self.record_samples(k, &collected, seconds)?;
 
@@ -159,8 +174,44 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         for ((&i, phase), summary) in trained.iter().zip(&phases).zip(&summaries) {
             self.log_training(k, i, &collected.sets[i].label, phase.examples.len(), summary)?;
         }
-        self.evaluate(k)?;
+        let (accuracy, heldout) = self.evaluate(k)?;
+        self.record_quality(k, Some(&collected.samples), &heldout, accuracy)?;
         self.dir.finish_iteration(k)
+    }
+
+    /// Applies `[mitigation]` to each of iteration `k`'s training sets (with `accumulate`, set `i`
+    /// of iteration `k - 1` comes first).
+    fn mitigate(&self, k: usize, collected: &mut Collected) -> Result<()> {
+        let config = self.dir.config().mitigation.clone();
+        if config.data == DataPolicy::Replace
+            && config.near_duplicate_threshold == 0.0
+            && config.max_per_problem == 0
+            && config.natural_fraction == 0.0
+        {
+            return Ok(());
+        }
+        for (i, set) in collected.sets.iter_mut().enumerate() {
+            let earlier = match config.data {
+                DataPolicy::Accumulate if k > 1 => read_jsonl::<TrainExample>(&self.dir.train_path(k - 1, i))?,
+                _ => Vec::new(),
+            };
+            let (mut examples, stats) = mitigate::training_set(earlier, std::mem::take(&mut set.examples), &config);
+            let seed = seeds::derive(self.dir.config().seed, &format!("natural-{i}"), k);
+            let natural = mitigate::add_natural(&mut examples, self.task.as_ref(), config.natural_fraction, seed);
+            tracing::info!(
+                "iteration {k}: training set {} ({}): {} selected + {} carried over, {} near-duplicates and {} over \
+                 the per-problem cap removed, {natural} reference solutions added: {} examples",
+                i + 1,
+                set.label,
+                stats.fresh,
+                stats.carried,
+                stats.near_duplicates,
+                stats.capped,
+                examples.len()
+            );
+            set.examples = examples;
+        }
+        Ok(())
     }
 
     /// Writes an iteration's samples, training sets and preference pairs, and its `sample` event.
@@ -229,7 +280,9 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         }))
     }
 
-    fn evaluate(&mut self, k: usize) -> Result<()> {
+    /// Evaluates iteration `k`'s model on the held-out split; returns its accuracy and greedy
+    /// answers.
+    fn evaluate(&mut self, k: usize) -> Result<(f64, Vec<SampleRecord>)> {
         let started = Instant::now();
         let config = self.dir.config().clone();
         let (report, records, sampled) = {
@@ -263,15 +316,102 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             by_bucket: report.by_bucket,
             pass_at_k: report.pass_at_k,
             maj_at_k: report.maj_at_k,
-        }))
+        }))?;
+        Ok((report.accuracy, records))
     }
 
-    /// Why the run should stop after iteration `k`, if `[early-stop]` is configured and says so.
+    /// Measures the diversity and repetition of iteration `k`'s samples, kept samples and greedy
+    /// held-out answers, and writes them with the accuracy trend to `quality.json` and
+    /// `metrics.jsonl`.
+    fn record_quality(
+        &self,
+        k: usize,
+        samples: Option<&[SampleRecord]>,
+        heldout: &[SampleRecord],
+        accuracy: f64,
+    ) -> Result<()> {
+        let seed = seeds::derive(self.dir.config().seed, "quality", k);
+        let items = |records: &mut dyn Iterator<Item = &SampleRecord>| {
+            let items: Vec<Item<'_>> = records
+                .map(|r| Item { problem: &r.problem_id, text: &r.completion, answer: r.extracted.as_deref() })
+                .collect();
+            QualityMetrics::of(items, seed)
+        };
+        let events = self.dir.events()?;
+        let previous = events.iter().find_map(|e| match e {
+            Event::Eval(e) if k > 0 && e.iteration == k - 1 => Some(e.accuracy),
+            _ => None,
+        });
+        let mut event = QualityEvent {
+            iteration: k,
+            samples: samples.map(|s| items(&mut s.iter())),
+            kept: samples.map(|s| items(&mut s.iter().filter(|r| r.kept))),
+            heldout: items(&mut heldout.iter()),
+            accuracy,
+            accuracy_change: previous.map(|p| accuracy - p),
+            warnings: Vec::new(),
+        };
+        let mut history: Vec<&QualityEvent> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Quality(q) if q.iteration < k => Some(&**q),
+                _ => None,
+            })
+            .collect();
+        history.push(&event);
+        let warnings = watch::check(&history, &self.dir.config().watch);
+        for w in &warnings {
+            tracing::warn!("iteration {k}: collapse watch ({}, {:?}): {}", w.rule, w.severity, w.message);
+        }
+        event.warnings = warnings;
+        let fmt = |q: Option<&Quality>| {
+            q.map_or("-".to_owned(), |q| {
+                let f = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.3}"));
+                format!(
+                    "distinct-2 {}, self-BLEU {}, near-dup {}, repetition {}",
+                    f(q.distinct_2),
+                    f(q.self_bleu),
+                    f(q.near_duplicate_rate),
+                    f(q.repetition)
+                )
+            })
+        };
+        tracing::info!(
+            "iteration {k}: quality of samples: {}; kept: {}; held-out answers: {}",
+            fmt(event.samples.as_ref()),
+            fmt(event.kept.as_ref()),
+            fmt(Some(&event.heldout))
+        );
+        let text = serde_json::to_vec_pretty(&event).expect("quality serialises");
+        write_atomic(&self.dir.quality_path(k), &text)?;
+        self.dir.append_event(&Event::Quality(Box::new(event)))
+    }
+
+    /// Why the run should stop after iteration `k`: a critical collapse warning of the iteration,
+    /// or `[early-stop]`'s rule, if configured and it says so.
     fn stop_rule(&self, k: usize) -> Result<Option<String>> {
-        let Some(rule) = &self.dir.config().early_stop else { return Ok(None) };
         if k == self.dir.config().iterations {
             return Ok(None);
         }
+        let critical: Vec<String> = self
+            .dir
+            .events()?
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Quality(q) if q.iteration == k => Some(q.warnings),
+                _ => None,
+            })
+            .flatten()
+            .filter(|w| w.severity == Severity::Critical)
+            .map(|w| format!("{} ({})", w.message, w.rule))
+            .collect();
+        if !critical.is_empty() {
+            return Ok(Some(format!(
+                "collapse watch: {}; change [watch] or the mitigations, then `flywheel resume`",
+                critical.join("; ")
+            )));
+        }
+        let Some(rule) = &self.dir.config().early_stop else { return Ok(None) };
         let mut accuracy = vec![f64::NAN; k + 1];
         for event in self.dir.events()? {
             if let Event::Eval(e) = event {

@@ -20,6 +20,12 @@ pub trait Task {
     fn few_shot(&self) -> Vec<Message> {
         Vec::new()
     }
+    /// A reference solution of the training problem `problem`, written by people or by the task's
+    /// generator rather than by the model: the natural data a run can mix into its training sets
+    /// against collapse (`[mitigation] natural-fraction`). None by default.
+    fn reference_solution(&self, _problem: &Problem) -> Option<String> {
+        None
+    }
     /// The prompt that poses `problem`.
     fn prompt(&self, problem: &Problem) -> String;
     /// The prompt that poses `problem` with its answer shown as a hint (STaR's rationalization):

@@ -236,6 +236,7 @@ fn accuracy_rises_and_rationalized_examples_are_saved_without_the_hint() {
         accuracy(tmp.path(), 0),
         accuracy(tmp.path(), 3)
     );
+    assert_quality(tmp.path(), 3);
 
     let samples = String::from_utf8(read(tmp.path().join("iter-0001/samples.jsonl"))).expect("utf8");
     let rationalized: Vec<serde_json::Value> = samples
@@ -267,7 +268,7 @@ fn a_run_stopped_mid_iteration_and_resumed_writes_the_same_files() {
     run(stopped.path(), FakeEngine::default()).expect("resumed");
 
     for k in 0..=3 {
-        for file in ["train.jsonl", "eval.json", "samples.jsonl"] {
+        for file in ["train.jsonl", "eval.json", "samples.jsonl", "quality.json"] {
             let rel = format!("iter-{k:04}/{file}");
             if k == 0 && file == "samples.jsonl" {
                 continue;
@@ -487,8 +488,44 @@ fn sample_events(root: &Path) -> Vec<serde_json::Value> {
     events(root).into_iter().filter(|e| e["event"] == "sample").collect()
 }
 
+/// Every iteration writes `quality.json` (and a `quality` event): the samples' and kept set's
+/// metrics over exactly the samples the `sample` event counts, the held-out answers' over every
+/// held-out problem, and the accuracy change from the iteration before.
+fn assert_quality(root: &Path, iterations: usize) {
+    let quality: Vec<serde_json::Value> = events(root).into_iter().filter(|e| e["event"] == "quality").collect();
+    assert_eq!(quality.len(), iterations + 1, "one quality event per iteration");
+    let samples = sample_events(root);
+    for k in 0..=iterations {
+        let q: serde_json::Value =
+            serde_json::from_slice(&read(root.join(format!("iter-{k:04}/quality.json")))).expect("json");
+        assert_eq!(q["iteration"], k);
+        assert_eq!(q["heldout"]["completions"].as_u64(), Some(accuracy_n(root, k)));
+        let d2 = q["heldout"]["distinct_2"].as_f64().expect("held-out distinct-2");
+        assert!((0.0..=1.0).contains(&d2));
+        if k == 0 {
+            assert!(q["samples"].is_null() && q["accuracy_change"].is_null());
+            continue;
+        }
+        let s = &samples[k - 1];
+        assert_eq!(q["samples"]["completions"], s["samples"], "iteration {k}");
+        assert_eq!(q["kept"]["completions"], s["kept"], "iteration {k}");
+        let change = q["accuracy_change"].as_f64().expect("a change after iteration 0");
+        assert!((change - (accuracy(root, k) - accuracy(root, k - 1))).abs() < 1e-12);
+        for key in ["distinct_1", "mattr", "near_duplicate_rate", "self_bleu", "answer_entropy", "repetition"] {
+            assert!(q["samples"][key].is_number(), "iteration {k}: {key} missing in {q}");
+        }
+    }
+}
+
+fn accuracy_n(root: &Path, k: usize) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_slice(&read(root.join(format!("iter-{k:04}/eval.json")))).expect("json");
+    v["n"].as_u64().expect("n")
+}
+
 /// Every strategy's `sample` event carries the common metrics.
 fn assert_common_metrics(root: &Path, strategy: &str) {
+    assert_quality(root, 3);
     let samples = sample_events(root);
     assert_eq!(samples.len(), 3, "{strategy}: one sample event per iteration");
     for e in &samples {
@@ -647,4 +684,72 @@ fn a_context_too_short_for_the_task_is_refused_before_any_work() {
     let msg = err.to_string();
     assert!(msg.contains("max-position-embeddings (12)") && msg.contains("raise it to at least"), "{msg}");
     assert!(!tmp.path().join("iter-0000").exists(), "no work was done");
+}
+
+#[test]
+fn a_critical_collapse_warning_stops_the_run_and_resume_goes_on_after_the_config_changes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = config();
+    config.iterations = 3;
+    // Four samples of one problem often agree word for word: the samples' near-duplicate rate is
+    // above 0 in every iteration, so this rule fires at once.
+    config.watch = flywheel_loop::config::WatchConfig {
+        near_duplicates_above: 0.0,
+        critical: vec!["near-duplicates-above".into()],
+        ..flywheel_loop::config::WatchConfig::off()
+    };
+    let outcome = run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
+    let Outcome::StoppedEarly(k) = outcome else { panic!("the critical rule did not stop the run: {outcome:?}") };
+    let quality: serde_json::Value =
+        serde_json::from_slice(&read(tmp.path().join(format!("iter-{k:04}/quality.json")))).expect("json");
+    assert_eq!(quality["warnings"][0]["rule"], "near-duplicates-above");
+    assert_eq!(quality["warnings"][0]["severity"], "critical");
+    let stop = events(tmp.path()).into_iter().find(|e| e["event"] == "stop").expect("a stop event");
+    assert!(stop["reason"].as_str().unwrap().starts_with("collapse watch:"), "{stop}");
+
+    // The user makes the rule a warning only; the run goes on to the end.
+    let path = tmp.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let changed = text.replace("critical = [\"near-duplicates-above\"]", "critical = []");
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).expect("write");
+    let outcome = run_config(tmp.path(), FakeEngine::default(), &config).expect("resumed");
+    assert_eq!(outcome, Outcome::Finished);
+    let last: serde_json::Value =
+        serde_json::from_slice(&read(tmp.path().join("iter-0003/quality.json"))).expect("json");
+    assert_eq!(last["warnings"][0]["severity"], "warning");
+}
+
+#[test]
+fn accumulated_data_carries_every_earlier_iteration_and_the_cap_bounds_a_problem() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = config();
+    config.iterations = 3;
+    config.mitigation.data = flywheel_loop::config::DataPolicy::Accumulate;
+    run_config(tmp.path(), FakeEngine::default(), &config).expect("run");
+    let lines = |k: usize| -> Vec<String> {
+        String::from_utf8(read(tmp.path().join(format!("iter-{k:04}/train.jsonl"))))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    for k in 2..=3 {
+        let (before, now) = (lines(k - 1), lines(k));
+        assert!(now.len() > before.len(), "iteration {k} adds to the earlier data");
+        assert_eq!(&now[..before.len()], &before[..], "iteration {k} starts with iteration {}'s set", k - 1);
+    }
+
+    let capped = tempfile::tempdir().expect("tmp");
+    config.mitigation.max_per_problem = 1;
+    config.mitigation.near_duplicate_threshold = 0.7;
+    run_config(capped.path(), FakeEngine::default(), &config).expect("run");
+    let text = String::from_utf8(read(capped.path().join("iter-0003/train.jsonl"))).unwrap();
+    let prompts: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["messages"][0]["content"].to_string())
+        .collect();
+    let distinct: std::collections::HashSet<&String> = prompts.iter().collect();
+    assert_eq!(distinct.len(), prompts.len(), "one example per problem");
+    assert!(prompts.len() > lines(1).len() / 2, "the accumulated set still holds most problems");
 }

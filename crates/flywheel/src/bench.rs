@@ -6,6 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use flywheel_core::{GenerationRequest, Message, NullReporter, Role, SamplingParams};
 use flywheel_engine::TrainPass;
+use flywheel_loop::quality::dedup::{find_near_duplicates, DedupConfig};
+use flywheel_loop::quality::planted::{planted_corpus, score};
 use flywheel_verify::{Answer, Verifier};
 
 use crate::cli::{BenchArgs, BenchTarget};
@@ -21,7 +23,61 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let pass = if pass == "autograd" { TrainPass::Autograd } else { TrainPass::Fused };
             train(model, *batch, *seq_len, *rank, (pass, !*no_checkpoint), *steps, *threads)
         }
+        BenchTarget::Dedup { docs, duplicates, threshold, num_perm, bands, threads } => {
+            let config =
+                DedupConfig { threshold: *threshold, num_perm: *num_perm, bands: *bands, ..Default::default() };
+            dedup(*docs, *duplicates, &config, *threads)
+        }
     }
+}
+
+/// Builds a planted corpus, times the near-duplicate search on it and prints one JSON line.
+fn dedup(docs: usize, duplicates: f64, config: &DedupConfig, threads: usize) -> Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    if !(0.0..=0.5).contains(&duplicates) {
+        anyhow::bail!("--duplicates must be between 0 and 0.5, got {duplicates}");
+    }
+    crate::engine::set_threads(threads);
+    let start = Instant::now();
+    let corpus = planted_corpus(docs, duplicates, 1);
+    let build = start.elapsed().as_secs_f64();
+    tracing::info!("corpus: {} texts, {} planted pairs, built in {build:.1}s", corpus.texts.len(), corpus.pairs.len());
+    let start = Instant::now();
+    let found = find_near_duplicates(&corpus.texts, config);
+    let seconds = start.elapsed().as_secs_f64();
+    let report = score(&corpus, &found, config.threshold);
+    let bands: serde_json::Map<String, serde_json::Value> = report
+        .bands
+        .iter()
+        .map(|b| {
+            let recall = if b.pairs == 0 { serde_json::Value::Null } else { (b.found as f64 / b.pairs as f64).into() };
+            (
+                format!("{:.2}-{:.2}", b.lo, b.hi),
+                serde_json::json!({ "pairs": b.pairs, "found": b.found, "recall": recall }),
+            )
+        })
+        .collect();
+    let line = serde_json::json!({
+        "bench": "dedup",
+        "docs": corpus.texts.len(),
+        "mean_chars": corpus.texts.iter().map(String::len).sum::<usize>() as f64 / corpus.texts.len().max(1) as f64,
+        "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok()),
+        "threshold": config.threshold,
+        "num_perm": config.num_perm,
+        "bands": config.bands,
+        "seconds": seconds,
+        "recall": report.recall,
+        "recall_by_band": bands,
+        "precision": report.precision,
+        "planted_below_threshold_reported": report.below_threshold_reported,
+        "pairs_reported": found.pairs.len(),
+        "candidates_verified": found.candidates,
+        "signature_false_positives": found.signature_false_positives,
+        "removed": found.removed(),
+        "note": "seconds: the search alone (shingling, signatures, banding, exact verification, clusters)",
+    });
+    println!("{line}");
+    Ok(())
 }
 
 /// Judges every worked solution of a GSM8K file against its own final answer, over and over on one

@@ -89,6 +89,9 @@ pub struct ReportArgs {
     /// The run directories; several are also shown side by side.
     #[arg(required = true)]
     pub run_dirs: Vec<PathBuf>,
+    /// Also write the report as one self-contained HTML page (inline SVG charts, no network).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
 }
 
 const FORMAT_HELP: &str = "How completions mark their final answer:
@@ -191,6 +194,32 @@ pub enum BenchTarget {
         /// Timed optimiser steps (one untimed warm-up step runs first).
         #[arg(long, default_value_t = 5, value_parser = at_least_one())]
         steps: usize,
+        /// Worker threads (0: all cores).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Near-duplicate filtering at scale: builds a corpus of short texts (200-400 characters) with
+    /// near-duplicates planted at known Jaccard levels, finds the pairs at or above the threshold
+    /// (MinHash + LSH, candidates verified exactly), prints one JSON line: seconds of the search
+    /// (the corpus's construction not included), recall per similarity band and at the threshold,
+    /// precision.
+    Dedup {
+        /// Texts in the corpus.
+        #[arg(long, default_value_t = 1_000_000, value_parser = at_least_one())]
+        docs: usize,
+        /// Fraction of the texts that are edited copies of others, spread over similarity bands
+        /// 0.50-0.55 ... 0.95-1.00.
+        #[arg(long, default_value_t = 0.1)]
+        duplicates: f64,
+        /// Pairs at or above this Jaccard similarity are near-duplicates.
+        #[arg(long, default_value_t = 0.7)]
+        threshold: f64,
+        /// MinHash hash functions.
+        #[arg(long, default_value_t = 128, value_parser = at_least_one())]
+        num_perm: usize,
+        /// LSH bands (`num-perm` must be a multiple).
+        #[arg(long, default_value_t = 32, value_parser = at_least_one())]
+        bands: usize,
         /// Worker threads (0: all cores).
         #[arg(long, default_value_t = 2)]
         threads: usize,

@@ -41,7 +41,7 @@ fn drive(dir: RunDir, task: Box<dyn Task>) -> Result<()> {
     let mut runner = Runner::with_task(engine.clone(), engine, dir, task, &bars);
     let outcome = runner.run()?;
     let run = RunReport::read(runner.dir().root())?;
-    print!("{}\n{}", report::render(&run.rows), report::render_data(&run));
+    print!("{}\n{}\n{}", report::render(&run.rows), report::render_data(&run), report::render_quality(&run));
     if let Outcome::StoppedEarly(k) = outcome {
         tracing::info!(
             "stopped early after iteration {k}; `flywheel resume {}` goes on",
@@ -91,6 +91,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 
 /// Prints a run's accuracy and data tables, or several runs side by side.
 pub fn report(args: &ReportArgs) -> Result<()> {
+    // Made ready first, so that a path that cannot be written fails before the runs are read.
+    let html = args.html.as_deref().map(PendingFile::create).transpose()?;
     let mut runs = Vec::new();
     for dir in &args.run_dirs {
         let run = RunReport::read(dir)?;
@@ -98,13 +100,19 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         runs.push(run);
     }
     match &runs[..] {
-        [run] => print!("{}\n{}", report::render(&run.rows), report::render_data(run)),
+        [run] => print!("{}\n{}\n{}", report::render(&run.rows), report::render_data(run), report::render_quality(run)),
         _ => {
             for run in &runs {
-                print!("{}\n{}{}\n", run.name, report::render(&run.rows), report::render_data(run));
+                let quality = report::render_quality(run);
+                print!("{}\n{}{}\n{quality}", run.name, report::render(&run.rows), report::render_data(run));
             }
             print!("{}", report::render_side_by_side(&runs));
         }
+    }
+    if let Some(file) = html {
+        let path = file.path().to_owned();
+        file.commit(report::render_html(&runs).as_bytes())?;
+        tracing::info!("wrote {}", path.display());
     }
     Ok(())
 }

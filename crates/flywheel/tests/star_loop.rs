@@ -84,13 +84,25 @@ fn star_raises_held_out_accuracy_and_keeps_hints_out_of_training_data() {
     let (before, after) = (accuracy(&run, 0), accuracy(&run, 2));
     assert!(after > before, "held-out accuracy did not rise: {before} -> {after}\n{stderr}");
 
-    // The report prints one row per iteration on stdout, then what each iteration drew and kept.
+    // The report prints one row per iteration on stdout, then what each iteration drew and kept,
+    // then the quality of each iteration's samples.
     let table = String::from_utf8_lossy(&out.stdout);
-    let (accuracy_table, data_table) = table.split_once("\n\n").expect("two tables");
+    let tables: Vec<&str> = table.split("\n\n").collect();
+    let [accuracy_table, data_table, quality_table] = tables[..] else { panic!("three tables: {table}") };
     assert_eq!(accuracy_table.lines().count(), 4, "{table}");
     assert!(data_table.starts_with("iter    drawn") && data_table.lines().count() == 4, "{table}");
-    let report = flywheel(&["report", run.to_str().expect("utf8")]);
+    assert!(quality_table.starts_with("iter  dist-1") && quality_table.lines().count() >= 4, "{table}");
+    for k in 0..=2 {
+        assert!(run.join(format!("iter-{k:04}/quality.json")).is_file(), "iteration {k}: no quality.json");
+    }
+    let html = tmp.path().join("report.html");
+    let report = flywheel(&["report", run.to_str().expect("utf8"), "--html", html.to_str().expect("utf8")]);
     assert_eq!(String::from_utf8_lossy(&report.stdout), table);
+    let page = std::fs::read_to_string(&html).expect("the HTML report");
+    assert!(page.starts_with("<!DOCTYPE html>") && page.matches("<svg").count() >= 10, "{page}");
+    assert!(page.contains("Held-out accuracy") && page.contains("distinct-2"));
+    // Self-contained: nothing is fetched (the SVG namespace is a name, not a request).
+    assert!(!page.contains("<script") && !page.contains("src=") && !page.contains("<link"));
 
     for k in 1..=2 {
         let train = std::fs::read_to_string(run.join(format!("iter-{k:04}/train.jsonl"))).expect("train");

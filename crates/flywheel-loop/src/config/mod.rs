@@ -51,6 +51,56 @@ pub struct RunConfig {
     /// Stop when held-out accuracy stalls (absent: run every iteration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<EarlyStopConfig>,
+    /// The collapse watch's rules (on by default, warnings only).
+    #[serde(default)]
+    pub watch: WatchConfig,
+    /// Mitigations of collapse applied to each training set (off by default).
+    #[serde(default)]
+    pub mitigation: MitigationConfig,
+}
+
+/// Whether an iteration's training set replaces the earlier ones' or adds to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataPolicy {
+    /// Train on this iteration's selection only.
+    #[default]
+    Replace,
+    /// Train on every earlier iteration's data and this one's (bounded drift, Gerstgrasser et al. 2024).
+    Accumulate,
+}
+
+/// Mitigations of collapse ([`crate::quality::mitigate`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MitigationConfig {
+    /// `"replace"` (default) or `"accumulate"`.
+    #[serde(default)]
+    pub data: DataPolicy,
+    /// Remove examples at this Jaccard similarity (word 3-grams of prompt and answer) or above to
+    /// an earlier one, over the whole training set; 0 (default) turns it off.
+    #[serde(default)]
+    pub near_duplicate_threshold: f64,
+    /// At most this many examples of one prompt, the latest ones; 0 (default): no cap.
+    #[serde(default)]
+    pub max_per_problem: usize,
+    /// Share of each training set made of the task's reference solutions of training problems
+    /// (natural data: GSM8K's gold solutions for `jsonl`, template-written ones for `arith-word`,
+    /// scratchpads for `addition`); 0 (default) turns it off.
+    #[serde(default)]
+    pub natural_fraction: f64,
+    /// Sampling temperature of iteration 1, 2, ...; the last value holds for later iterations.
+    /// Empty (default): the strategy's `temperature` throughout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub temperature_schedule: Vec<f32>,
+}
+
+impl MitigationConfig {
+    /// The sampling temperature of iteration `k` (1-based) by the schedule, if there is one.
+    pub fn temperature_at(&self, k: usize) -> Option<f32> {
+        let last = self.temperature_schedule.len().checked_sub(1)?;
+        Some(self.temperature_schedule[k.saturating_sub(1).min(last)])
+    }
 }
 
 /// Optimiser settings of a fine-tuning run.
@@ -203,6 +253,84 @@ pub struct EarlyStopConfig {
     pub min_delta: f64,
 }
 
+/// The collapse watch ([`crate::quality::watch`]): rules over each iteration's quality metrics.
+/// A count of 0 turns its rule off; a bound of 1 can never be exceeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WatchConfig {
+    /// Warn when distinct-2 of the samples has fallen this many iterations in a row.
+    #[serde(default = "default_diversity_falling")]
+    pub diversity_falling: usize,
+    /// Warn when held-out accuracy has fallen this many iterations in a row.
+    #[serde(default = "default_accuracy_falling")]
+    pub accuracy_falling: usize,
+    /// Warn when the samples' repetition (share of repeated 4-grams within a completion) is above.
+    #[serde(default = "default_repetition_above")]
+    pub repetition_above: f64,
+    /// Warn when the samples' near-duplicate rate is above.
+    #[serde(default = "default_near_duplicates_above")]
+    pub near_duplicates_above: f64,
+    /// Rules (by key) whose warning stops the run after the iteration; `flywheel resume` goes on.
+    #[serde(default)]
+    pub critical: Vec<String>,
+}
+
+/// The rule keys of [`WatchConfig`].
+pub const WATCH_RULES: [&str; 4] =
+    ["diversity-falling", "accuracy-falling", "repetition-above", "near-duplicates-above"];
+
+fn default_diversity_falling() -> usize {
+    3
+}
+fn default_accuracy_falling() -> usize {
+    2
+}
+fn default_repetition_above() -> f64 {
+    0.3
+}
+fn default_near_duplicates_above() -> f64 {
+    0.5
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            diversity_falling: default_diversity_falling(),
+            accuracy_falling: default_accuracy_falling(),
+            repetition_above: default_repetition_above(),
+            near_duplicates_above: default_near_duplicates_above(),
+            critical: Vec::new(),
+        }
+    }
+}
+
+impl WatchConfig {
+    /// Every rule off.
+    pub fn off() -> Self {
+        Self {
+            diversity_falling: 0,
+            accuracy_falling: 0,
+            repetition_above: 1.0,
+            near_duplicates_above: 1.0,
+            critical: Vec::new(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, bound) in
+            [("repetition-above", self.repetition_above), ("near-duplicates-above", self.near_duplicates_above)]
+        {
+            if !(0.0..=1.0).contains(&bound) {
+                return Err(format!("watch.{key} must be in [0, 1] (1 turns it off), got {bound}"));
+            }
+        }
+        if let Some(bad) = self.critical.iter().find(|c| !WATCH_RULES.contains(&c.as_str())) {
+            return Err(format!("watch.critical: unknown rule {bad:?}; the rules are {}", WATCH_RULES.join(", ")));
+        }
+        Ok(())
+    }
+}
+
 impl RunConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, LoopError> {
@@ -248,6 +376,18 @@ impl RunConfig {
             if !(stop.min_delta >= 0.0 && stop.min_delta < 1.0) {
                 return Err(format!("early-stop.min-delta must be in [0, 1), got {}", stop.min_delta));
             }
+        }
+        self.watch.validate()?;
+        let t = self.mitigation.near_duplicate_threshold;
+        if !(0.0..=1.0).contains(&t) {
+            return Err(format!("mitigation.near-duplicate-threshold must be in [0, 1] (0 turns it off), got {t}"));
+        }
+        let f = self.mitigation.natural_fraction;
+        if !(0.0..0.95).contains(&f) {
+            return Err(format!("mitigation.natural-fraction must be in [0, 0.95), got {f}"));
+        }
+        if let Some(t) = self.mitigation.temperature_schedule.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            return Err(format!("mitigation.temperature-schedule: {t} is not a temperature (0 or more)"));
         }
         if self.eval.samples > 0 && !(self.eval.temperature > 0.0 && self.eval.temperature.is_finite()) {
             return Err(format!("eval.temperature must be positive to draw samples, got {}", self.eval.temperature));

@@ -151,21 +151,17 @@ pub struct EmbeddedModelConfig {
     /// Most sequences decoded at once.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// Which pass computes the training gradients (see [`PretrainedModelConfig::training_pass`]).
-    /// `"autograd"` by default for fresh models: their runs stay as they were before the fused
-    /// pass existed, byte for byte (the fused pass gives the same gradients up to rounding, and
-    /// a tiny model trained from scratch for hundreds of steps amplifies rounding into a
-    /// different, equally good, trajectory).
-    #[serde(default = "autograd")]
+    /// Which pass computes the training gradients (see [`PretrainedModelConfig::training_pass`]):
+    /// the fused pass by default, whose buffers are reused from step to step (candle's autograd
+    /// allocates every intermediate anew). It gives the same gradients up to rounding; a tiny
+    /// model trained from scratch for hundreds of steps amplifies rounding into a different
+    /// trajectory, so `"autograd"` reproduces runs made before this default changed.
+    #[serde(default)]
     pub training_pass: TrainingPass,
 }
 
 fn default_max_batch() -> usize {
     256
-}
-
-fn autograd() -> TrainingPass {
-    TrainingPass::Autograd
 }
 
 impl EmbeddedModelConfig {

@@ -61,6 +61,18 @@ impl StrategyConfig {
         }
     }
 
+    /// The same strategy sampling at `temperature` (a temperature schedule's iteration).
+    pub fn with_temperature(&self, temperature: f32) -> Self {
+        let mut c = self.clone();
+        match &mut c {
+            StrategyConfig::Star(s) => s.temperature = temperature,
+            StrategyConfig::Rest(s) => s.temperature = temperature,
+            StrategyConfig::RestEm(s) => s.temperature = temperature,
+            StrategyConfig::SelfPlay(s) => s.temperature = temperature,
+        }
+        c
+    }
+
     /// Whether the strategy judges with the base model rather than the current one.
     pub fn judges_with_base(&self) -> bool {
         matches!(self, StrategyConfig::SelfPlay(c) if c.judge_model == JudgeModel::Base)

@@ -117,6 +117,12 @@ impl Task for Addition {
         judge_prompt(&problem.question, solution)
     }
 
+    /// The problem's scratchpad, as the seed set writes it.
+    fn reference_solution(&self, problem: &Problem) -> Option<String> {
+        let (a, b) = problem.question.split_once('+')?;
+        Some(scratchpad(a.parse().ok()?, b.parse().ok()?))
+    }
+
     /// The share of the scratchpad's lines (the answer line included) that are the right ones, in
     /// place: a graded reward that credits every column done right.
     fn process_score(&self, problem: &Problem, completion: &str, _extracted: Option<&str>) -> f64 {
@@ -242,6 +248,14 @@ mod tests {
             train_per_length: 50,
             eval_per_length: 40,
         }
+    }
+
+    #[test]
+    fn the_reference_solution_is_the_scratchpad() {
+        let task = Addition::new(&config(), 1);
+        let p = &task.train_problems()[0];
+        let (a, b) = p.question.split_once('+').unwrap();
+        assert_eq!(task.reference_solution(p), Some(scratchpad(a.parse().unwrap(), b.parse().unwrap())));
     }
 
     #[test]

@@ -39,7 +39,7 @@ const FACTOR_MAX: u64 = 12;
 
 /// Most stories of each bucket `held-out-stories` may withhold: every bucket keeps at least one to
 /// train on (the 2-step bucket has the fewest stories).
-pub const MAX_HELD_OUT_STORIES: usize = 9;
+pub const MAX_HELD_OUT_STORIES: usize = 21;
 
 /// Failed draws in a row after which a split is declared impossible (too few distinct problems).
 const MAX_FAILED_DRAWS: usize = 20_000;
@@ -130,6 +130,29 @@ impl Shape {
                 [quotient * c + b, b, c]
             }
         }
+    }
+
+    /// A worked solution over `numbers`, one operation per line, then the answer sentence: the
+    /// task's reference solution (its natural data).
+    fn solution(self, numbers: [u64; 3]) -> String {
+        let [a, b, c] = numbers;
+        let r = self.answer(numbers);
+        let steps = match self {
+            Shape::Add => format!("{a} + {b} = {r}."),
+            Shape::Sub => format!("{a} - {b} = {r}."),
+            Shape::Mul => format!("{a} * {b} = {r}."),
+            Shape::Div => format!("{a} / {b} = {r}."),
+            Shape::AddAdd => format!("{a} + {b} = {}.\n{} + {c} = {r}.", a + b, a + b),
+            Shape::AddSub => format!("{a} + {b} = {}.\n{} - {c} = {r}.", a + b, a + b),
+            Shape::SubSub => format!("{a} - {b} = {}.\n{} - {c} = {r}.", a - b, a - b),
+            Shape::MulAdd => format!("{a} * {b} = {}.\n{} + {c} = {r}.", a * b, a * b),
+            Shape::MulSub => format!("{a} * {b} = {}.\n{} - {c} = {r}.", a * b, a * b),
+            Shape::SubMul => format!("{b} * {c} = {}.\n{a} - {} = {r}.", b * c, b * c),
+            Shape::AddMul => format!("{a} + {b} = {}.\n{} * {c} = {r}.", a + b, a + b),
+            Shape::DivAdd => format!("{a} / {b} = {}.\n{} + {c} = {r}.", a / b, a / b),
+            Shape::SubDiv => format!("{a} - {b} = {}.\n{} / {c} = {r}.", a - b, a - b),
+        };
+        format!("{steps}\nThe answer is {r}.")
     }
 
     /// The answer over numbers drawn by [`Shape::draw`].
@@ -304,6 +327,149 @@ const TEMPLATES: &[Template] = &[
                How many dollars does {name} have left?",
         items: &["notebooks", "pens", "tickets", "mugs"],
     },
+    Template {
+        shape: Shape::Add,
+        text: "A library gets {a} new books on Monday and {b} new books on Friday. \
+               How many new books does the library get that week?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Add,
+        text: "If {name} has {a} {item} and finds {b} more, how many {item} does {name} have altogether?",
+        items: SMALL_THINGS,
+    },
+    Template {
+        shape: Shape::Add,
+        text: "How many birds are there in total if {a} birds sit on the roof and {b} birds sit on the fence?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Add,
+        text: "The school orchestra has {a} violin players and {b} other players. \
+               How many players are in the orchestra?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Sub,
+        text: "A parking lot has room for {a} cars. Right now {b} cars are parked there. \
+               How many more cars can park in the lot?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Sub,
+        text:
+            "{name} needs {a} points to win a prize and has {b} points so far. How many more points does {name} need?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Sub,
+        text: "Out of the {a} students in the hall, {b} are wearing hats. How many students are not wearing hats?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Mul,
+        text: "A train has {a} cars, and every car seats {b} people. How many people can the train seat?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Mul,
+        text: "{name} earns {a} dollars an hour and works for {b} hours. How many dollars does {name} earn?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Mul,
+        text: "A box of {item} has {a} rows with {b} {item} in every row. How many {item} are in the box?",
+        items: &["chocolates", "eggs", "buttons", "tiles"],
+    },
+    Template {
+        shape: Shape::Div,
+        text: "A rope that is {a} meters long is cut into {b} pieces of equal length. \
+               How many meters long is each piece?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::Div,
+        text: "{name} pays {a} dollars for {b} {item}, all at the same price. How many dollars does one cost?",
+        items: &["tickets", "notebooks", "plants", "scarves"],
+    },
+    Template {
+        shape: Shape::Div,
+        text: "A bus travels {a} kilometers in {b} hours, going the same distance every hour. \
+               How many kilometers does it travel in one hour?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::AddAdd,
+        text: "A farm stand sells {a} melons in the morning, {b} melons at noon and {c} melons in the evening. \
+               How many melons does the stand sell that day?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::AddSub,
+        text: "There are {a} {item} in a jar. {name} adds {b} more, and later {c} of them are eaten. \
+               How many {item} are in the jar now?",
+        items: &["candies", "cookies", "nuts"],
+    },
+    Template {
+        shape: Shape::AddSub,
+        text: "The town library owns {a} books. It buys {b} new books and gives away {c} old ones. \
+               How many books does the library own now?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::SubSub,
+        text: "{name} starts the day with {a} dollars, pays {b} dollars for lunch and {c} dollars for a movie. \
+               How many dollars does {name} have at the end of the day?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::SubSub,
+        text: "A water tank holds {a} liters. {b} liters are used for cooking and {c} liters for cleaning. \
+               How many liters remain in the tank?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::MulAdd,
+        text: "A theater has {a} rows with {b} seats in each row, plus {c} seats on the balcony. \
+               How many seats does the theater have?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::MulAdd,
+        text: "{name} walks {a} kilometers a day for {b} days, and then walks {c} kilometers on a hike. \
+               How many kilometers does {name} walk in all?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::MulSub,
+        text: "A class orders {a} boxes of pencils with {b} pencils in each box. The students use {c} pencils \
+               in the first week. How many pencils are left?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::SubMul,
+        text: "A baker has {a} eggs and uses {b} eggs for each cake. After baking {c} cakes, how many eggs \
+               does the baker have left?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::AddMul,
+        text: "{name} plants {a} red tulips and {b} yellow tulips in each of {c} flower beds. \
+               How many tulips does {name} plant?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::DivAdd,
+        text: "A class of {a} students is split into {b} equal groups. Later, {c} new students join each group. \
+               How many students are in each group now?",
+        items: NONE,
+    },
+    Template {
+        shape: Shape::SubDiv,
+        text: "{name} has {a} dollars, spends {b} dollars on a {item}, and splits the rest equally among {c} jars. \
+               How many dollars go into each jar?",
+        items: PURCHASES,
+    },
 ];
 
 /// Worked examples for few-shot sampling (STaR's prompt set): stories told by none of
@@ -354,10 +520,14 @@ impl ChatProblems {
     /// (only with a small `max-operand`).
     pub fn arith_word(config: &ArithWordConfig, seed: u64) -> Result<Self, LoopError> {
         let (eval, train) = generate(config, seed)?;
+        let references = train
+            .iter()
+            .map(|d| (d.problem.id.clone(), TEMPLATES[d.key.template].shape.solution(d.key.numbers)))
+            .collect();
         let problems = |drawn: Vec<Drawn>| drawn.into_iter().map(|d| d.problem).collect();
         let task =
             Self::new(problems(train), problems(eval), config.instruction.as_ref(), config.last_number_fallback, 0);
-        Ok(task.with_worked_examples(WORKED_EXAMPLES))
+        Ok(task.with_worked_examples(WORKED_EXAMPLES).with_references(references))
     }
 }
 

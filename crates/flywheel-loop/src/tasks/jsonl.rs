@@ -33,8 +33,14 @@ impl ChatProblems {
     /// A task whose problems come from two JSONL files: reads both files of `config`; `seed` draws
     /// the subsets that `train-limit` and `eval-limit` keep.
     pub fn jsonl(config: &JsonlConfig, seed: u64) -> Result<Self, LoopError> {
-        let eval = read_problems(&config.eval, "eval", config)?;
-        let train = read_problems(&config.train, "train", config)?;
+        let eval: Vec<Problem> = read_problems(&config.eval, "eval", config)?.into_iter().map(|(p, _)| p).collect();
+        let (train, solutions): (Vec<Problem>, Vec<String>) =
+            read_problems(&config.train, "train", config)?.into_iter().unzip();
+        let references = train
+            .iter()
+            .zip(&solutions)
+            .filter_map(|(p, s)| Some((p.id.clone(), reference_of(s, &p.answer)?)))
+            .collect();
         let held_out: HashSet<String> = eval.iter().map(|p| normalise(&p.question)).collect();
         let read = train.len();
         let train: Vec<Problem> = train.into_iter().filter(|p| !held_out.contains(&normalise(&p.question))).collect();
@@ -55,12 +61,31 @@ impl ChatProblems {
             config.instruction.as_ref(),
             config.last_number_fallback,
             overlap_dropped,
-        ))
+        )
+        .with_references(references))
     }
 }
 
-/// Every problem of the JSONL file at `path`, in file order, with ids `{split}-{line}`.
-fn read_problems(path: &Path, split: &str, config: &JsonlConfig) -> Result<Vec<Problem>, LoopError> {
+/// The worked solution of an answer field written GSM8K's way (working, then `#### answer`) as a
+/// reference solution in the form the task asks for: the working without GSM8K's calculator
+/// annotations (`<<48/2=24>>`), then "The answer is" and the gold. `None` for a bare answer.
+fn reference_of(answer: &str, gold: &str) -> Option<String> {
+    let (working, _) = answer.rsplit_once("####")?;
+    let mut text = String::with_capacity(working.len());
+    let mut rest = working;
+    while let Some(start) = rest.find("<<") {
+        let Some(len) = rest[start..].find(">>") else { break };
+        text.push_str(&rest[..start]);
+        rest = &rest[start + len + 2..];
+    }
+    text.push_str(rest);
+    let text = text.trim();
+    (!text.is_empty()).then(|| format!("{text}\nThe answer is {gold}."))
+}
+
+/// Every problem of the JSONL file at `path`, in file order, with ids `{split}-{line}`, and its
+/// answer field as written.
+fn read_problems(path: &Path, split: &str, config: &JsonlConfig) -> Result<Vec<(Problem, String)>, LoopError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoopError::Io { path: path.to_owned(), source })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut problems = Vec::new();
@@ -88,12 +113,13 @@ fn read_problems(path: &Path, split: &str, config: &JsonlConfig) -> Result<Vec<P
         if gold.is_empty() {
             return Err(fail(format!("field \"{}\" holds no answer", config.answer_field)));
         }
-        problems.push(Problem {
+        let problem = Problem {
             id: format!("{split}-{line_number:05}"),
             question: question.trim().to_owned(),
             answer: gold.to_owned(),
             bucket,
-        });
+        };
+        problems.push((problem, answer.clone()));
     }
     if problems.is_empty() {
         return Err(LoopError::Task { task: "jsonl", message: format!("{} holds no problems", path.display()) });
@@ -146,4 +172,23 @@ fn limit(problems: Vec<Problem>, limit: Option<usize>, seed: u64) -> Vec<Problem
         keep[i] = true;
     }
     problems.into_iter().zip(keep).filter_map(|(p, k)| k.then_some(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference_of;
+
+    #[test]
+    fn a_gsm8k_solution_becomes_a_reference_without_its_calculator_annotations() {
+        let answer =
+            "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether 48+24 = <<48+24=72>>72 clips.\n#### 72";
+        assert_eq!(
+            reference_of(answer, "72").as_deref(),
+            Some("Natalia sold 48/2 = 24 clips in May.\nAltogether 48+24 = 72 clips.\nThe answer is 72.")
+        );
+        assert_eq!(reference_of("72", "72"), None, "a bare answer is no solution");
+        assert_eq!(reference_of("#### 72", "72"), None, "nothing before the marker");
+        // An unclosed annotation is left as it is.
+        assert_eq!(reference_of("3 + 4 = <<7\n#### 7", "7").as_deref(), Some("3 + 4 = <<7\nThe answer is 7."));
+    }
 }

@@ -8,7 +8,7 @@ pub mod addition;
 pub mod arith_word;
 pub mod jsonl;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use flywheel_core::{Message, Problem, Role, TrainExample};
 use flywheel_verify::{Format, Verifier};
@@ -49,6 +49,8 @@ pub struct ChatProblems {
     overlap_dropped: usize,
     /// Worked examples (question, rationale) for few-shot sampling.
     worked: &'static [(&'static str, &'static str)],
+    /// Reference solutions of training problems, by problem id.
+    references: HashMap<String, String>,
 }
 
 impl ChatProblems {
@@ -63,7 +65,21 @@ impl ChatProblems {
         overlap_dropped: usize,
     ) -> Self {
         let instruction = instruction.cloned().unwrap_or_else(|| DEFAULT_INSTRUCTION.to_owned());
-        Self { train, eval, instruction, last_number_fallback, overlap_dropped, worked: &[] }
+        Self {
+            train,
+            eval,
+            instruction,
+            last_number_fallback,
+            overlap_dropped,
+            worked: &[],
+            references: HashMap::new(),
+        }
+    }
+
+    /// The task with reference solutions of its training problems, by problem id.
+    fn with_references(mut self, references: HashMap<String, String>) -> Self {
+        self.references = references;
+        self
     }
 
     /// The task with `worked` examples (question, rationale) for few-shot sampling.
@@ -105,6 +121,10 @@ impl Task for ChatProblems {
                 ]
             })
             .collect()
+    }
+
+    fn reference_solution(&self, problem: &Problem) -> Option<String> {
+        self.references.get(&problem.id).cloned()
     }
 
     fn prompt(&self, problem: &Problem) -> String {

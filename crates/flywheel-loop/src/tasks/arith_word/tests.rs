@@ -69,6 +69,8 @@ fn templates_are_many_and_use_each_number_once_in_order() {
     for steps in [1, 2] {
         assert!(TEMPLATES.iter().filter(|t| t.shape.steps() == steps).count() >= 8);
     }
+    let fewest = [1, 2].map(|steps| TEMPLATES.iter().filter(|t| t.shape.steps() == steps).count());
+    assert_eq!(MAX_HELD_OUT_STORIES, fewest.into_iter().min().unwrap() - 1, "every bucket keeps one story");
     for t in TEMPLATES {
         let marks: Vec<usize> = ["{a}", "{b}", "{c}"].iter().filter_map(|m| t.text.find(m)).collect();
         assert_eq!(marks.len(), if t.shape.steps() == 1 { 2 } else { 3 }, "{}", t.text);
@@ -197,4 +199,18 @@ fn withheld_stories_are_never_trained_on_and_have_their_own_buckets() {
     assert!(new.iter().all(|d| d.problem.id.starts_with("aw-eval-new-")));
     let buckets: HashSet<&str> = new.iter().map(|d| d.problem.bucket.as_str()).collect();
     assert_eq!(buckets, HashSet::from(["new-story 1-step", "new-story 2-step"]));
+}
+
+#[test]
+fn every_training_problem_has_a_reference_solution_whose_arithmetic_holds() {
+    let task = ChatProblems::arith_word(&config(300, 50), 3).expect("task");
+    let verifier = task.verifier();
+    for p in task.train_problems() {
+        let solution = task.reference_solution(p).unwrap_or_else(|| panic!("{}: no reference", p.id));
+        assert!(verifier.judge(&solution, &p.answer).correct, "{}: {solution}", p.question);
+        assert_eq!(flywheel_verify::arithmetic::first_false(&solution).map(|e| e.text.to_owned()), None, "{solution}");
+        let steps = if p.bucket == "2-step" { 2 } else { 1 };
+        assert_eq!(solution.lines().count(), steps + 1, "{solution}");
+    }
+    assert!(task.eval_problems().iter().all(|p| task.reference_solution(p).is_none()), "held-out problems have none");
 }
