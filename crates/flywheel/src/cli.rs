@@ -23,7 +23,7 @@ pub enum Command {
     /// Start a run: train or load the base model, then improve it for the configured iterations.
     Run(RunArgs),
     /// Continue a stopped run from its last finished iteration (its config.toml may change only in
-    /// iterations, threads and [early-stop] once an iteration finished).
+    /// iterations, threads, [early-stop] and [watch] once an iteration finished).
     Resume(ResumeArgs),
     /// Evaluate a saved model on a config's held-out split; prints eval JSON to stdout.
     Eval(EvalArgs),
