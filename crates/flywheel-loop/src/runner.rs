@@ -123,7 +123,7 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         self.dir.begin_iteration(k)?;
         let config = self.dir.config().clone();
         let started = Instant::now();
-        let collected = {
+        let mut collected = {
             let mut generator = self.generators.open(&self.dir.model_dir(k - 1))?;
             let mut judge = match config.strategy.judges_with_base() {
                 true => Some(self.generators.open(&self.dir.model_dir(0))?),
@@ -144,7 +144,6 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
                 None => self.strategy.collect(&mut cx)?,
             }
         };
-        let mut collected = collected;
         self.mitigate(k, &mut collected)?;
         let seconds = started.elapsed().as_secs_f64();
         self.record_samples(k, &collected, seconds)?;
@@ -183,11 +182,7 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
     /// of iteration `k - 1` comes first).
     fn mitigate(&self, k: usize, collected: &mut Collected) -> Result<()> {
         let config = self.dir.config().mitigation.clone();
-        if config.data == DataPolicy::Replace
-            && config.near_duplicate_threshold == 0.0
-            && config.max_per_problem == 0
-            && config.natural_fraction == 0.0
-        {
+        if !config.changes_training_sets() {
             return Ok(());
         }
         for (i, set) in collected.sets.iter_mut().enumerate() {

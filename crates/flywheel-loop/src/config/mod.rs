@@ -96,6 +96,15 @@ pub struct MitigationConfig {
 }
 
 impl MitigationConfig {
+    /// Whether any mitigation that acts on the training sets is on (the temperature schedule acts
+    /// on sampling).
+    pub fn changes_training_sets(&self) -> bool {
+        self.data == DataPolicy::Accumulate
+            || self.near_duplicate_threshold > 0.0
+            || self.max_per_problem > 0
+            || self.natural_fraction > 0.0
+    }
+
     /// The sampling temperature of iteration `k` (1-based) by the schedule, if there is one.
     pub fn temperature_at(&self, k: usize) -> Option<f32> {
         let last = self.temperature_schedule.len().checked_sub(1)?;
