@@ -90,6 +90,23 @@ pub struct Completion {
     pub finish: FinishReason,
 }
 
+/// How likely a model finds a set of texts: the summed negative log-likelihood of their target
+/// tokens (assistant turns and the end of sequence, as training counts them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogLikelihood {
+    /// Sum over target tokens of `-ln p(token | everything before it)`, in nats.
+    pub nll: f64,
+    /// Target tokens scored.
+    pub tokens: u64,
+}
+
+impl LogLikelihood {
+    /// `exp(nll / tokens)`: the perplexity per target token; `None` when nothing was scored.
+    pub fn perplexity(&self) -> Option<f64> {
+        (self.tokens > 0).then(|| (self.nll / self.tokens as f64).exp())
+    }
+}
+
 /// Samples completions from a model.
 pub trait Generator {
     /// Draws `request.n` completions for every request, in order: the result's `i`-th entry holds
@@ -100,6 +117,13 @@ pub trait Generator {
         params: &SamplingParams,
         reporter: &dyn Reporter,
     ) -> Result<Vec<Vec<Completion>>>;
+
+    /// Scores `examples` (teacher-forced, rendered as training renders them): the summed
+    /// negative log-likelihood of their target tokens. `None` (the default) for a generator that
+    /// cannot score text, such as a server without prompt log-probabilities.
+    fn log_likelihood(&mut self, _examples: &[TrainExample]) -> Result<Option<LogLikelihood>> {
+        Ok(None)
+    }
 }
 
 /// Optimisation settings of one training run.

@@ -14,8 +14,8 @@ mod example;
 mod report;
 
 pub use engine::{
-    Architecture, Checkpoint, Completion, FinishReason, GenerationRequest, Generator, SamplingParams, TrainSummary,
-    Trainer, TrainingParams,
+    Architecture, Checkpoint, Completion, FinishReason, GenerationRequest, Generator, LogLikelihood, SamplingParams,
+    TrainSummary, Trainer, TrainingParams,
 };
 pub use error::{render_chain, CoreError, Result};
 pub use example::{Message, Problem, Role, TrainExample};

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use flywheel_core::{
-    Completion, GenerationRequest, Generator, Message, Reporter, Role, SamplingParams, TrainExample, TrainSummary,
-    Trainer, TrainingParams,
+    Completion, GenerationRequest, Generator, LogLikelihood, Message, Reporter, Role, SamplingParams, TrainExample,
+    TrainSummary, Trainer, TrainingParams,
 };
 
 use crate::error::{EngineError, Result};
@@ -22,8 +22,9 @@ use crate::model::LlamaModel;
 use crate::sample::generate::{generate, SamplerContext, SamplerOptions};
 use crate::sample::infer::InferenceModel;
 use crate::text::chat_template::ChatTemplate;
-use crate::text::template::{tokenize_example, PromptFormat, RawFormat};
+use crate::text::template::{tokenize_example, PromptFormat, RawFormat, TokenizedExample};
 use crate::text::tokenizer::{TextTokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN};
+use crate::train::batch::summed_loss;
 use crate::train::{train, TrainOptions};
 
 /// The embedded candle engine: model, tokenizer, prompt format, sampler and trainer settings.
@@ -220,20 +221,36 @@ impl Engine {
         params: &TrainingParams,
         reporter: &dyn Reporter,
     ) -> Result<TrainSummary> {
+        let tokenized = self.tokenize_all(examples, "training example")?;
+        train(&self.model, &tokenized, params, &self.train, reporter)
+    }
+
+    /// Scores `examples` as training sees them (the engine-error form of
+    /// [`Generator::log_likelihood`]): the summed negative log-likelihood of their target tokens
+    /// under the current model, adapters included.
+    pub fn log_likelihood(&self, examples: &[TrainExample]) -> Result<LogLikelihood> {
+        let tokenized = self.tokenize_all(examples, "scored example")?;
+        let refs: Vec<&TokenizedExample> = tokenized.iter().collect();
+        let (nll, tokens) = summed_loss(&self.model, &refs, self.train.micro_batch_tokens, self.train.pad_id)?;
+        Ok(LogLikelihood { nll, tokens })
+    }
+
+    /// `examples` tokenized in the engine's format, each cut to the model's context; `what` names
+    /// an example in errors.
+    fn tokenize_all(&self, examples: &[TrainExample], what: &str) -> Result<Vec<TokenizedExample>> {
         let c = self.model.config();
         let eos = c.eos_ids()[0];
-        let tokenized = examples
+        examples
             .iter()
             .enumerate()
             .map(|(i, ex)| {
                 let mut t = tokenize_example(&self.tokenizer, self.format.as_ref(), ex, eos)
-                    .map_err(|e| EngineError::invalid(format!("training example {i}: {e}")))?;
+                    .map_err(|e| EngineError::invalid(format!("{what} {i}: {e}")))?;
                 t.ids.truncate(c.max_position_embeddings + 1);
                 t.target.truncate(c.max_position_embeddings + 1);
                 Ok(t)
             })
-            .collect::<Result<Vec<_>>>()?;
-        train(&self.model, &tokenized, params, &self.train, reporter)
+            .collect()
     }
 }
 
@@ -273,6 +290,10 @@ impl Generator for Engine {
             .collect::<Result<Vec<_>>>()
             .map_err(EngineError::into_generation)?;
         self.sample(&rendered, params, reporter).map_err(EngineError::into_generation)
+    }
+
+    fn log_likelihood(&mut self, examples: &[TrainExample]) -> flywheel_core::Result<Option<LogLikelihood>> {
+        Engine::log_likelihood(self, examples).map(Some).map_err(EngineError::into_generation)
     }
 }
 

@@ -5,7 +5,7 @@ use flywheel_core::{
     CoreError, FinishReason, GenerationRequest, Generator, NullReporter, SamplingParams, TrainExample, Trainer,
     TrainingParams,
 };
-use flywheel_engine::{Engine, LlamaConfig};
+use flywheel_engine::{tokenize_example, Engine, LlamaConfig};
 
 fn small(vocab: usize) -> LlamaConfig {
     let mut c = LlamaConfig::tiny(vocab);
@@ -159,6 +159,48 @@ fn training_then_greedy_sampling_solves_held_out_copies() {
         e.generate(&requests, &greedy, &NullReporter).unwrap(),
         fresh.generate(&requests, &greedy, &NullReporter).unwrap()
     );
+}
+
+#[test]
+fn log_likelihood_sums_the_target_tokens_log_probabilities_and_falls_with_training() {
+    let mut e = engine(3);
+    let examples = vec![
+        TrainExample::single_turn("ab|", "ab"),
+        TrainExample::single_turn("12+3=", "15"),
+        TrainExample::single_turn("e|", "eeee"),
+    ];
+    let scored = Generator::log_likelihood(&mut e, &examples).unwrap().expect("the engine scores text");
+    // The reference: each example's own pass, its target positions' log-probabilities summed.
+    let eos = e.model().config().eos_ids()[0];
+    let (mut nll, mut tokens) = (0.0f64, 0u64);
+    for ex in &examples {
+        let t = tokenize_example(e.tokenizer(), e.format(), ex, eos).unwrap();
+        let logp = e.model().token_logprobs(&t.ids).unwrap();
+        for (i, lp) in logp.iter().enumerate() {
+            if t.target[i + 1] {
+                nll -= f64::from(*lp);
+                tokens += 1;
+            }
+        }
+    }
+    assert_eq!(scored.tokens, tokens, "answer characters and each end of sequence: 2+1 + 2+1 + 4+1");
+    assert_eq!(tokens, 11);
+    assert!((scored.nll - nll).abs() < 1e-3 * nll, "{} vs {nll}", scored.nll);
+    let before = scored.perplexity().unwrap();
+    assert!(before > 4.0, "an untrained model is near-uniform over {} tokens: {before}", 20);
+
+    let params = TrainingParams {
+        steps: 60,
+        batch_size: 3,
+        learning_rate: 3e-3,
+        warmup_steps: 5,
+        weight_decay: 0.0,
+        grad_clip: 1.0,
+        seed: 0,
+    };
+    e.train(&examples, &params, &NullReporter).unwrap();
+    let after = Generator::log_likelihood(&mut e, &examples).unwrap().unwrap().perplexity().unwrap();
+    assert!(after < 1.5, "the trained examples are nearly certain: {before} -> {after}");
 }
 
 #[test]

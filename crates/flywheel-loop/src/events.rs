@@ -147,6 +147,11 @@ pub struct QualityEvent {
     /// Held-out accuracy minus the previous iteration's (`None` in iteration 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy_change: Option<f64>,
+    /// The model's perplexity per token on the natural-text set (`[watch] perplexity-texts`
+    /// reference solutions of held-out problems); `None` when there is none or the generator
+    /// cannot score text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
     /// The collapse watch's warnings on this iteration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,

@@ -208,7 +208,7 @@ pub fn render_quality(run: &RunReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>4}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>10}  {:>9}  {:>8}",
+        "{:>4}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>10}  {:>9}  {:>7}  {:>8}",
         "iter",
         "dist-1",
         "dist-2",
@@ -221,6 +221,7 @@ pub fn render_quality(run: &RunReport) -> String {
         "len",
         "kept n-dup",
         "eval d-2",
+        "ppl",
         "acc chg"
     );
     for q in events {
@@ -228,7 +229,7 @@ pub fn render_quality(run: &RunReport) -> String {
         let pick = |g: fn(&Quality) -> Option<f64>| f(s.and_then(g));
         let _ = writeln!(
             out,
-            "{:>4}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>10}  {:>9}  {:>8}",
+            "{:>4}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>10}  {:>9}  {:>7}  {:>8}",
             q.iteration,
             pick(|q| q.distinct_1),
             pick(|q| q.distinct_2),
@@ -241,6 +242,7 @@ pub fn render_quality(run: &RunReport) -> String {
             s.and_then(|q| q.length_mean).map_or("-".to_owned(), |l| format!("{l:.1}")),
             f(q.kept.as_ref().and_then(|k| k.near_duplicate_rate)),
             f(q.heldout.distinct_2),
+            f(q.perplexity),
             q.accuracy_change.map_or("-".to_owned(), |c| format!("{:+.1}", c * 100.0)),
         );
     }

@@ -162,8 +162,10 @@ impl std::ops::Deref for RunDir {
 
 /// The config keys a run may change after an iteration finished, because they alter nothing
 /// already computed: the iteration count (raised only), the worker threads (a run moved to
-/// another machine; later iterations then round as that count does) and early stopping.
-pub const RESUMABLE_KEYS: [&str; 4] = ["iterations", "threads", "early-stop", "watch"];
+/// another machine; later iterations then round as that count does), early stopping, the
+/// collapse watch's rules, and a remote generator's servers and patience (a run whose servers
+/// moved goes on with the new addresses).
+pub const RESUMABLE_KEYS: [&str; 5] = ["iterations", "threads", "early-stop", "watch", "generator"];
 
 impl RunDir {
     /// Starts a new run in `root`, which must be new, empty, or a run that stopped before its first

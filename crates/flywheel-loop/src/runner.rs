@@ -16,8 +16,8 @@ use crate::config::{DataPolicy, FineTuneFrom, ModelConfig};
 use crate::eval::evaluate;
 use crate::events::{EvalEvent, Event, QualityEvent, SampleEvent, StopEvent, TrainEvent};
 use crate::quality::metrics::{Item, Quality, QualityMetrics};
-use crate::quality::mitigate;
 use crate::quality::watch::{self, Severity};
+use crate::quality::{mitigate, natural_texts};
 use crate::records::SampleRecord;
 use crate::rundir::{read_jsonl, write_atomic, write_jsonl, RunDir};
 use crate::strategy::{self, mean, pairs, Collected, Context, Strategy};
@@ -113,8 +113,8 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         if let Some(summary) = self.trainer.init(&config, self.task.as_ref(), seed, phase, &out, self.reporter)? {
             self.log_training(0, 0, "seed set", seed_set.len(), &summary)?;
         }
-        let (accuracy, heldout) = self.evaluate(0)?;
-        self.record_quality(0, None, &heldout, accuracy)?;
+        let evaluated = self.evaluate(0)?;
+        self.record_quality(0, None, &evaluated)?;
         self.dir.finish_iteration(0)
     }
 
@@ -173,8 +173,8 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         for ((&i, phase), summary) in trained.iter().zip(&phases).zip(&summaries) {
             self.log_training(k, i, &collected.sets[i].label, phase.examples.len(), summary)?;
         }
-        let (accuracy, heldout) = self.evaluate(k)?;
-        self.record_quality(k, Some(&collected.samples), &heldout, accuracy)?;
+        let evaluated = self.evaluate(k)?;
+        self.record_quality(k, Some(&collected.samples), &evaluated)?;
         self.dir.finish_iteration(k)
     }
 
@@ -275,15 +275,25 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         }))
     }
 
-    /// Evaluates iteration `k`'s model on the held-out split; returns its accuracy and greedy
-    /// answers.
-    fn evaluate(&mut self, k: usize) -> Result<(f64, Vec<SampleRecord>)> {
+    /// Evaluates iteration `k`'s model on the held-out split, and scores the natural-text set
+    /// with it.
+    fn evaluate(&mut self, k: usize) -> Result<Evaluated> {
         let started = Instant::now();
         let config = self.dir.config().clone();
-        let (report, records, sampled) = {
+        let (report, records, sampled, perplexity) = {
             let mut generator = self.generators.open(&self.dir.model_dir(k))?;
             let seed = seeds::derive(config.seed, "eval", k);
-            evaluate(self.task.as_ref(), generator.as_mut(), &config.eval, seed, self.reporter)?
+            let (report, records, sampled) =
+                evaluate(self.task.as_ref(), generator.as_mut(), &config.eval, seed, self.reporter)?;
+            let natural = natural_texts(self.task.as_ref(), config.watch.perplexity_texts);
+            let perplexity = match natural.is_empty() {
+                true => None,
+                false => generator.log_likelihood(&natural)?.and_then(|l| l.perplexity()),
+            };
+            if let Some(p) = perplexity {
+                tracing::info!("iteration {k}: perplexity {p:.3} on {} held-out reference solutions", natural.len());
+            }
+            (report, records, sampled, perplexity)
         };
         let seconds = started.elapsed().as_secs_f64();
         write_jsonl(&self.dir.eval_samples_path(k), &records)?;
@@ -312,19 +322,13 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             pass_at_k: report.pass_at_k,
             maj_at_k: report.maj_at_k,
         }))?;
-        Ok((report.accuracy, records))
+        Ok(Evaluated { accuracy: report.accuracy, heldout: records, perplexity })
     }
 
     /// Measures the diversity and repetition of iteration `k`'s samples, kept samples and greedy
     /// held-out answers, and writes them with the accuracy trend to `quality.json` and
     /// `metrics.jsonl`.
-    fn record_quality(
-        &self,
-        k: usize,
-        samples: Option<&[SampleRecord]>,
-        heldout: &[SampleRecord],
-        accuracy: f64,
-    ) -> Result<()> {
+    fn record_quality(&self, k: usize, samples: Option<&[SampleRecord]>, evaluated: &Evaluated) -> Result<()> {
         let seed = seeds::derive(self.dir.config().seed, "quality", k);
         let items = |records: &mut dyn Iterator<Item = &SampleRecord>| {
             let items: Vec<Item<'_>> = records
@@ -341,9 +345,10 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             iteration: k,
             samples: samples.map(|s| items(&mut s.iter())),
             kept: samples.map(|s| items(&mut s.iter().filter(|r| r.kept))),
-            heldout: items(&mut heldout.iter()),
-            accuracy,
-            accuracy_change: previous.map(|p| accuracy - p),
+            heldout: items(&mut evaluated.heldout.iter()),
+            accuracy: evaluated.accuracy,
+            accuracy_change: previous.map(|p| evaluated.accuracy - p),
+            perplexity: evaluated.perplexity,
             warnings: Vec::new(),
         };
         let mut history: Vec<&QualityEvent> = events
@@ -423,6 +428,16 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         }
         Ok(stop::should_stop(&accuracy, rule, self.dir.state().patience_from.unwrap_or(0)))
     }
+}
+
+/// What evaluating an iteration's model found.
+struct Evaluated {
+    /// Held-out accuracy (greedy).
+    accuracy: f64,
+    /// The greedy held-out answers, judged.
+    heldout: Vec<SampleRecord>,
+    /// Perplexity on the natural-text set, where there is one and the generator scores text.
+    perplexity: Option<f64>,
 }
 
 /// Builds the task of `config` (read from `origin`, named in errors) and checks what can only be

@@ -26,6 +26,12 @@ pub trait Task {
     fn reference_solution(&self, _problem: &Problem) -> Option<String> {
         None
     }
+    /// A reference solution of the held-out problem `problem` (written by people or the task's
+    /// generator): never trained on, these make the fixed natural-text set whose perplexity the
+    /// collapse watch follows. None by default.
+    fn heldout_reference(&self, _problem: &Problem) -> Option<String> {
+        None
+    }
     /// The prompt that poses `problem`.
     fn prompt(&self, problem: &Problem) -> String;
     /// The prompt that poses `problem` with its answer shown as a hint (STaR's rationalization):

@@ -15,6 +15,9 @@ fn shipped_examples_parse() {
         "addition-star-no-rationalization.toml",
         "smollm2-arith-star.toml",
         "smollm2-gsm8k-star.toml",
+        "collapse-demo.toml",
+        "collapse-demo-mitigated.toml",
+        "gsm8k-vllm-trl.toml",
     ] {
         let config = RunConfig::load(&examples().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(format!("{}.toml", config.name), name);
@@ -102,4 +105,43 @@ fn top_p_and_eval_settings_are_checked() {
         let err = RunConfig::parse(&text.replacen(from, to, 1), Path::new("x.toml")).expect_err(to).to_string();
         assert!(err.contains(key), "{to}: {err}");
     }
+}
+
+/// The example config with `extra` tables appended.
+fn with_tables(extra: &str) -> Result<RunConfig, String> {
+    let text = std::fs::read_to_string(examples().join("addition-star.toml")).expect("example");
+    RunConfig::parse(&format!("{text}\n{extra}"), Path::new("my.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn generator_and_trainer_tables_are_checked() {
+    let generator = r#"
+[generator]
+type = "openai"
+base-urls = ["http://10.0.0.5:8000/v1"]
+model = "policy"
+api-key-env = "VLLM_KEY"
+on-checkpoint = ["scripts/load-adapter", "{checkpoint}"]
+"#;
+    let trainer = r#"
+[trainer]
+type = "command"
+command = ["accelerate", "launch", "sft.py", "--data", "{data}", "--out", "{out}", "--steps", "{steps}"]
+"#;
+    let config = with_tables(&format!("{generator}{trainer}")).expect("valid");
+    assert_eq!(RunConfig::parse(&config.to_toml(), Path::new("roundtrip")).expect("roundtrip"), config);
+    for (bad, message) in [
+        (generator.replace("on-checkpoint = [\"scripts/load-adapter\", \"{checkpoint}\"]\n", ""), "on-checkpoint"),
+        (generator.replace("http://10.0.0.5:8000/v1", "10.0.0.5:8000"), "generator.base-urls"),
+        (generator.replace("model = \"policy\"", "model = \"policy\"\napi-key = \"sk-123\""), "api-key"),
+        (generator.replace("VLLM_KEY", "A=B"), "generator.api-key-env"),
+        (trainer.replace("\"--out\", \"{out}\", ", ""), "must pass {out}"),
+        (trainer.replace("{steps}", "{step}"), "unknown placeholder {step}"),
+    ] {
+        let err = with_tables(&bad).expect_err(message);
+        assert!(err.starts_with("my.toml") && err.contains(message), "{message}: {err}");
+    }
+    // A key the table does not have is named with its line.
+    let err = with_tables(&generator.replace("model = ", "modle = ")).expect_err("typo");
+    assert!(err.contains("modle") && err.contains("line"), "{err}");
 }

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use flywheel_core::{
-    Checkpoint, Completion, CoreError, FinishReason, GenerationRequest, Generator, NullReporter, Reporter,
-    SamplingParams, TrainExample, TrainSummary, Trainer, TrainingParams,
+    Checkpoint, Completion, CoreError, FinishReason, GenerationRequest, Generator, LogLikelihood, NullReporter,
+    Reporter, SamplingParams, TrainExample, TrainSummary, Trainer, TrainingParams,
 };
 use flywheel_loop::rundir::RunDir;
 use flywheel_loop::tasks::addition::scratchpad;
@@ -52,6 +52,26 @@ impl Generator for FakeModel {
             })
             .collect())
     }
+
+    /// Every target character costs `1.5 - mean skill` nats (its end of sequence too); only the
+    /// task's own scratchpads of held-out-sized problems may be scored.
+    fn log_likelihood(&mut self, examples: &[TrainExample]) -> flywheel_core::Result<Option<LogLikelihood>> {
+        let tokens: usize = examples
+            .iter()
+            .map(|e| {
+                let (a, b) = e.messages[0].content.trim_end().split_once('+').expect("a+b");
+                let reference = scratchpad(a.parse().expect("a"), b.parse().expect("b"));
+                assert_eq!(e.messages[1].content, reference, "a scored text is the problem's reference scratchpad");
+                reference.len() + 1
+            })
+            .sum();
+        Ok(Some(LogLikelihood { nll: tokens as f64 * fake_nll(&self.skill), tokens: tokens as u64 }))
+    }
+}
+
+/// The fake model's loss per token: lower the more it can do.
+fn fake_nll(skill: &[f64]) -> f64 {
+    1.5 - skill.iter().sum::<f64>() / skill.len().max(1) as f64
 }
 
 /// The fake model's judgement of `judged` (question line, then scratchpad): right scratchpads are
@@ -502,6 +522,10 @@ fn assert_quality(root: &Path, iterations: usize) {
         assert_eq!(q["heldout"]["completions"].as_u64(), Some(accuracy_n(root, k)));
         let d2 = q["heldout"]["distinct_2"].as_f64().expect("held-out distinct-2");
         assert!((0.0..=1.0).contains(&d2));
+        // The perplexity is that of this iteration's model.
+        let perplexity = q["perplexity"].as_f64().expect("perplexity on the natural-text set");
+        let expected = fake_nll(&FakeEngine::load(&root.join(format!("iter-{k:04}/model"))).skill).exp();
+        assert!((perplexity - expected).abs() < 1e-9, "iteration {k}: {perplexity} vs {expected}");
         if k == 0 {
             assert!(q["samples"].is_null() && q["accuracy_change"].is_null());
             continue;

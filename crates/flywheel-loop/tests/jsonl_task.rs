@@ -145,6 +145,10 @@ fn other_field_names_numeric_answers_and_buckets() {
     assert_eq!((t.answer.as_str(), t.bucket.as_str(), t.question.as_str()), ("42", "2", "Six times seven?"));
     assert_eq!((e.answer.as_str(), e.bucket.as_str()), ("4", "one"));
     assert_eq!(task.prompt(t), "Six times seven?");
+    // The held-out worked solution is the natural-text set's; a bare answer gives none.
+    assert_eq!(task.heldout_reference(e).as_deref(), Some("It is 4.\nThe answer is 4."));
+    assert_eq!(task.heldout_reference(t), None);
+    assert_eq!(task.reference_solution(e), None, "a held-out solution is never training data");
 }
 
 #[test]

@@ -36,6 +36,32 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a model as a Hugging Face directory; a LoRA adapter is merged into its base first.
     Export(ExportArgs),
+    /// Fine-tune a config's model on a chat JSONL file and write the checkpoint (or LoRA adapter):
+    /// the embedded trainer as a command, for `[trainer] type = "command"`.
+    Train(TrainArgs),
+}
+
+/// Arguments of `flywheel train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run config whose [model] and [training] are used.
+    pub config: PathBuf,
+    /// Training examples: chat JSONL, one `{"messages": [...]}` per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The directory to write the trained checkpoint to (with `train-summary.json`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A checkpoint to start from [default: the config's model as iteration 0 has it: the
+    /// pretrained model with fresh LoRA adapters, or a fresh model].
+    #[arg(long)]
+    pub start: Option<PathBuf>,
+    /// Optimiser steps [default: [training] steps].
+    #[arg(long, value_parser = at_least_one())]
+    pub steps: Option<usize>,
+    /// Seed of the batch order (and fresh adapters) [default: derived from the config's seed].
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 /// Arguments of `flywheel export`.

@@ -13,9 +13,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod cli;
+mod command_trainer;
 mod engine;
 mod judge;
 mod progress;
+mod remote;
 mod run;
 
 fn main() -> ExitCode {
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         cli::Command::Judge(args) => judge::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
         cli::Command::Export(args) => run::export(&args),
+        cli::Command::Train(args) => run::train(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,16 +1,21 @@
 //! `flywheel run`, `resume`, `eval` and `report`.
 
-use anyhow::{Context, Result};
-use flywheel_engine::TrainPass;
-use flywheel_loop::config::{ModelConfig, TrainingPass};
-use flywheel_loop::report::{self, RunReport};
-use flywheel_loop::rundir::{jsonl_bytes, PendingFile, RunDir};
-use flywheel_loop::runner::prepare;
-use flywheel_loop::{seeds, tasks, Outcome, RunConfig, Runner, Task};
+use std::path::Path;
 
-use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs};
+use anyhow::{Context, Result};
+use flywheel_core::TrainExample;
+use flywheel_engine::TrainPass;
+use flywheel_loop::config::{GeneratorConfig, ModelConfig, TrainerConfig, TrainingPass};
+use flywheel_loop::report::{self, RunReport};
+use flywheel_loop::rundir::{jsonl_bytes, read_jsonl, PendingFile, RunDir};
+use flywheel_loop::runner::prepare;
+use flywheel_loop::{seeds, tasks, GeneratorBackend, Outcome, Phase, RunConfig, Runner, Task, TrainerBackend};
+
+use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs, TrainArgs};
+use crate::command_trainer::{CommandTrainer, SUMMARY_FILE};
 use crate::engine::{EmbeddedEngine, TrainingSettings};
 use crate::progress::Bars;
+use crate::remote::RemoteBackend;
 
 /// Starts a run.
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -37,8 +42,16 @@ fn drive(dir: RunDir, task: Box<dyn Task>) -> Result<()> {
     let config = dir.config().clone();
     let engine = engine_for(&config)?;
     let bars = Bars::new();
-    // The embedded engine is both the generator and the trainer.
-    let mut runner = Runner::with_task(engine.clone(), engine, dir, task, &bars);
+    // The embedded engine trains, and samples unless [generator] names servers.
+    let generators = match &config.generator {
+        None => Generators::Embedded(engine.clone()),
+        Some(GeneratorConfig::Openai(remote)) => Generators::Remote(Box::new(RemoteBackend::new(remote, dir.root())?)),
+    };
+    let trainer = match &config.trainer {
+        None => Trainers::Embedded(engine),
+        Some(TrainerConfig::Command(command)) => Trainers::Command(CommandTrainer::new(command, dir.root(), engine)?),
+    };
+    let mut runner = Runner::with_task(generators, trainer, dir, task, &bars);
     let outcome = runner.run()?;
     let run = RunReport::read(runner.dir().root())?;
     print!("{}\n{}\n{}", report::render(&run.rows), report::render_data(&run), report::render_quality(&run));
@@ -48,6 +61,87 @@ fn drive(dir: RunDir, task: Box<dyn Task>) -> Result<()> {
             runner.dir().root().display()
         );
     }
+    Ok(())
+}
+
+/// Where a run's samples come from.
+enum Generators {
+    /// The embedded engine, on each checkpoint.
+    Embedded(EmbeddedEngine),
+    /// OpenAI-compatible servers.
+    Remote(Box<RemoteBackend>),
+}
+
+impl GeneratorBackend for Generators {
+    fn open(&mut self, checkpoint: &std::path::Path) -> flywheel_loop::Result<Box<dyn flywheel_core::Generator>> {
+        match self {
+            Generators::Embedded(engine) => engine.open(checkpoint),
+            Generators::Remote(remote) => remote.open(checkpoint),
+        }
+    }
+}
+
+/// What trains a run's models.
+enum Trainers {
+    /// The embedded engine.
+    Embedded(EmbeddedEngine),
+    /// A command.
+    Command(CommandTrainer),
+}
+
+impl TrainerBackend for Trainers {
+    fn init(
+        &mut self,
+        config: &RunConfig,
+        task: &dyn Task,
+        seed: u64,
+        seed_set: Option<Phase<'_>>,
+        out: &Path,
+        reporter: &dyn flywheel_core::Reporter,
+    ) -> flywheel_loop::Result<Option<flywheel_core::TrainSummary>> {
+        match self {
+            Trainers::Embedded(engine) => engine.init(config, task, seed, seed_set, out, reporter),
+            Trainers::Command(command) => command.init(config, task, seed, seed_set, out, reporter),
+        }
+    }
+
+    fn train(
+        &mut self,
+        start: &Path,
+        phases: &[Phase<'_>],
+        out: &Path,
+        reporter: &dyn flywheel_core::Reporter,
+    ) -> flywheel_loop::Result<Vec<flywheel_core::TrainSummary>> {
+        match self {
+            Trainers::Embedded(engine) => engine.train(start, phases, out, reporter),
+            Trainers::Command(command) => command.train(start, phases, out, reporter),
+        }
+    }
+}
+
+/// `flywheel train`: the config's model fine-tuned on a chat JSONL file, written to `--out` with
+/// its `train-summary.json`; the summary is printed as JSON.
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let config = RunConfig::load(&args.config)?;
+    let examples: Vec<TrainExample> = read_jsonl(&args.data)?;
+    anyhow::ensure!(!examples.is_empty(), "{}: no training example", args.data.display());
+    let mut engine = engine_for(&config)?;
+    let steps = args.steps.unwrap_or(config.training.steps);
+    let seed = args.seed.unwrap_or_else(|| seeds::derive(config.seed, "train", 0));
+    let phase = Phase { examples: &examples, params: config.training.params(steps, seed) };
+    let bars = Bars::new();
+    let summary = match &args.start {
+        Some(start) => engine.train(start, std::slice::from_ref(&phase), &args.out, &bars)?.pop(),
+        None => {
+            let task = tasks::build(&config.task, config.seed)?;
+            engine.init(&config, task.as_ref(), seed, Some(phase), &args.out, &bars)?
+        }
+    }
+    .context("no training summary")?;
+    let text = serde_json::to_string_pretty(&summary).context("serialising the summary")?;
+    let path = args.out.join(SUMMARY_FILE);
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    println!("{text}");
     Ok(())
 }
 

@@ -61,6 +61,28 @@ pub(crate) fn batch_loss(model: &LlamaModel, batch: &Batch) -> Result<Tensor> {
     loss_of_hidden(model, &hidden, batch)
 }
 
+/// The summed cross-entropy of `examples`' targets and how many there are: a teacher-forced
+/// evaluation pass in micro-batches of at most `budget` padded tokens, with no dropout and no
+/// gradient kept. Examples without a target token are skipped.
+pub(crate) fn summed_loss(
+    model: &LlamaModel,
+    examples: &[&TokenizedExample],
+    budget: usize,
+    pad_id: u32,
+) -> Result<(f64, u64)> {
+    let scored: Vec<&TokenizedExample> = examples.iter().copied().filter(|e| e.predicted_targets() > 0).collect();
+    let (mut nll, mut tokens) = (0.0, 0u64);
+    for part in micro_batches(&scored, budget.max(1)) {
+        let batch = make_batch(&part, pad_id, &model.device)?;
+        let hidden = model.forward_hidden_mode(&batch.input_ids, &batch.position_ids, None, false)?.detach();
+        let n = batch.targets.dim(0)?;
+        let mean = loss_of_hidden(model, &hidden, &batch)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        nll += mean * n as f64;
+        tokens += n as u64;
+    }
+    Ok((nll, tokens))
+}
+
 /// Mean cross-entropy of `batch`'s targets given the final hidden states `(batch, seq, hidden)`.
 fn loss_of_hidden(model: &LlamaModel, hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
     let d = model.config().hidden_size;

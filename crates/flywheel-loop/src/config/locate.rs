@@ -1,6 +1,6 @@
 //! Where in a config file a mistake inside a `type`-tagged table lies.
 //!
-//! `[task]`, `[model]` and `[strategy]` are enums tagged by their `type` key. serde reads such a
+//! `[task]`, `[model]`, `[strategy]`, `[generator]` and `[trainer]` are enums tagged by their `type` key. serde reads such a
 //! table whole before it knows the variant, so a mistake inside it (a string where a number
 //! belongs, say) is reported at the table's header, without the key. [`locate`] reads each tagged
 //! table again as its variant's plain struct, from the same text with the `type` line blanked
@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{
-    AdditionConfig, ArithWordConfig, EmbeddedModelConfig, JsonlConfig, PretrainedModelConfig, RestConfig, RestEmConfig,
-    SelfPlayConfig, StarConfig,
+    AdditionConfig, ArithWordConfig, CommandTrainerConfig, EmbeddedModelConfig, JsonlConfig, OpenAiGeneratorConfig,
+    PretrainedModelConfig, RestConfig, RestEmConfig, SelfPlayConfig, StarConfig,
 };
 
 #[derive(Deserialize)]
@@ -32,11 +32,23 @@ struct Strategy<T> {
     strategy: T,
 }
 
+#[derive(Deserialize)]
+struct Generator<T> {
+    #[allow(dead_code)]
+    generator: T,
+}
+
+#[derive(Deserialize)]
+struct Trainer<T> {
+    #[allow(dead_code)]
+    trainer: T,
+}
+
 /// The error of the first tagged table whose variant does not read, with its line and key; `None`
 /// when every tagged table reads (the mistake is elsewhere) or one cannot be probed.
 pub(super) fn locate(text: &str) -> Option<toml::de::Error> {
     let document: toml::Table = toml::from_str(text).ok()?;
-    for table in ["task", "model", "strategy"] {
+    for table in ["task", "model", "strategy", "generator", "trainer"] {
         let Some(kind) = document.get(table).and_then(|t| t.get("type")).and_then(|t| t.as_str()) else {
             continue;
         };
@@ -51,6 +63,8 @@ pub(super) fn locate(text: &str) -> Option<toml::de::Error> {
             ("strategy", "rest") => probe::<Strategy<RestConfig>>(&blanked),
             ("strategy", "rest-em") => probe::<Strategy<RestEmConfig>>(&blanked),
             ("strategy", "self-play") => probe::<Strategy<SelfPlayConfig>>(&blanked),
+            ("generator", "openai") => probe::<Generator<OpenAiGeneratorConfig>>(&blanked),
+            ("trainer", "command") => probe::<Trainer<CommandTrainerConfig>>(&blanked),
             _ => None,
         };
         if error.is_some() {

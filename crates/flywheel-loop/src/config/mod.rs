@@ -5,6 +5,7 @@
 //! in one file each: [`task`] (`[task]`), [`model`] (`[model]`), [`strategy`] (`[strategy]`, with
 //! its rewards); this file holds the run, `[training]`, `[eval]` and `[early-stop]`.
 
+mod backends;
 mod locate;
 mod model;
 mod strategy;
@@ -15,6 +16,9 @@ use std::path::{Path, PathBuf};
 use flywheel_core::TrainingParams;
 use serde::{Deserialize, Serialize};
 
+pub use backends::{
+    CommandTrainerConfig, GeneratorConfig, OpenAiApi, OpenAiGeneratorConfig, TrainerConfig, TRAINER_PLACEHOLDERS,
+};
 pub use model::{EmbeddedModelConfig, LoraSettings, ModelConfig, PretrainedModelConfig, TrainingPass, LORA_TARGETS};
 pub use strategy::{
     JudgeModel, RestConfig, RestEmConfig, RewardConfig, SamplingConfig, SelfJudgeConfig, SelfPlayConfig, StarConfig,
@@ -41,6 +45,13 @@ pub struct RunConfig {
     pub task: TaskConfig,
     /// The model to improve.
     pub model: ModelConfig,
+    /// Where samples come from, when not from the embedded engine (absent: the embedded engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorConfig>,
+    /// What trains each iteration's model, when not the embedded engine (absent: the embedded
+    /// engine). The embedded engine still writes iteration 0's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerConfig>,
     /// How training data is generated.
     pub strategy: StrategyConfig,
     /// Fine-tuning of each iteration.
@@ -279,14 +290,24 @@ pub struct WatchConfig {
     /// Warn when the samples' near-duplicate rate is above.
     #[serde(default = "default_near_duplicates_above")]
     pub near_duplicates_above: f64,
+    /// Warn when the model's perplexity on the natural-text set has risen this many iterations in
+    /// a row.
+    #[serde(default = "default_perplexity_rising")]
+    pub perplexity_rising: usize,
+    /// Size of the natural-text set: reference solutions of this many held-out problems (spread
+    /// over the split), never trained on, scored by each iteration's model after evaluation. 0
+    /// turns the perplexity off; a task without held-out references or a generator that cannot
+    /// score text has none.
+    #[serde(default = "default_perplexity_texts")]
+    pub perplexity_texts: usize,
     /// Rules (by key) whose warning stops the run after the iteration; `flywheel resume` goes on.
     #[serde(default)]
     pub critical: Vec<String>,
 }
 
 /// The rule keys of [`WatchConfig`].
-pub const WATCH_RULES: [&str; 4] =
-    ["diversity-falling", "accuracy-falling", "repetition-above", "near-duplicates-above"];
+pub const WATCH_RULES: [&str; 5] =
+    ["diversity-falling", "accuracy-falling", "repetition-above", "near-duplicates-above", "perplexity-rising"];
 
 fn default_diversity_falling() -> usize {
     3
@@ -300,6 +321,12 @@ fn default_repetition_above() -> f64 {
 fn default_near_duplicates_above() -> f64 {
     0.5
 }
+fn default_perplexity_rising() -> usize {
+    2
+}
+fn default_perplexity_texts() -> usize {
+    32
+}
 
 impl Default for WatchConfig {
     fn default() -> Self {
@@ -308,19 +335,23 @@ impl Default for WatchConfig {
             accuracy_falling: default_accuracy_falling(),
             repetition_above: default_repetition_above(),
             near_duplicates_above: default_near_duplicates_above(),
+            perplexity_rising: default_perplexity_rising(),
+            perplexity_texts: default_perplexity_texts(),
             critical: Vec::new(),
         }
     }
 }
 
 impl WatchConfig {
-    /// Every rule off.
+    /// Every rule off (the perplexity is still measured).
     pub fn off() -> Self {
         Self {
             diversity_falling: 0,
             accuracy_falling: 0,
             repetition_above: 1.0,
             near_duplicates_above: 1.0,
+            perplexity_rising: 0,
+            perplexity_texts: default_perplexity_texts(),
             critical: Vec::new(),
         }
     }
@@ -373,6 +404,17 @@ impl RunConfig {
         }
         task::validate_task(&self.task)?;
         self.model.validate()?;
+        if let Some(generator) = &self.generator {
+            generator.validate()?;
+            if self.strategy.judges_with_base() {
+                return Err("strategy.judge = \"base\" needs the base model and the current one served at once, \
+                     which a remote generator does not do; judge with the current model, or drop [generator]"
+                    .into());
+            }
+        }
+        if let Some(trainer) = &self.trainer {
+            trainer.validate()?;
+        }
         self.strategy.validate(&self.task)?;
         self.training.validate("training")?;
         if self.eval.max_new_tokens == 0 {

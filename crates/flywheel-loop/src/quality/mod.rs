@@ -1,14 +1,33 @@
 //! The quality of what a run generates, watched for collapse: diversity and repetition metrics of
 //! an iteration's samples (`metrics`), the rules that warn or stop on them (`watch`), what a run
 //! does against collapse (`mitigate`: accumulate, remove near-duplicates, cap per problem),
-//! near-duplicate detection at scale (`dedup`), and a synthetic corpus with planted duplicates to
-//! measure the detection on (`planted`).
+//! near-duplicate detection at scale (`dedup`), a synthetic corpus with planted duplicates to
+//! measure the detection on (`planted`), and the natural-text set whose perplexity is watched
+//! ([`natural_texts`]).
 
 pub mod dedup;
 pub mod metrics;
 pub mod mitigate;
 pub mod planted;
 pub mod watch;
+
+use flywheel_core::TrainExample;
+
+use crate::Task;
+
+/// The fixed natural-text set: the reference solutions of `n` held-out problems spread evenly over
+/// the split (every bucket and, with withheld stories, both halves), each posed as the task poses
+/// it. Never trained on, so a model that narrows to its own outputs shows it here as a rising
+/// perplexity: the tails of the distribution are what collapse loses first.
+pub fn natural_texts(task: &dyn Task, n: usize) -> Vec<TrainExample> {
+    let with_reference: Vec<TrainExample> = task
+        .eval_problems()
+        .iter()
+        .filter_map(|p| Some(TrainExample::single_turn(task.prompt(p), task.heldout_reference(p)?)))
+        .collect();
+    let n = n.min(with_reference.len());
+    (0..n).map(|i| with_reference[i * with_reference.len() / n].clone()).collect()
+}
 
 /// The words of `text` as every metric here counts them: lower-cased runs of letters and digits
 /// (a decimal point inside a number stays: `3.5`), each other non-space character a word of its

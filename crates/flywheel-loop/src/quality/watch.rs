@@ -65,6 +65,15 @@ pub fn check(history: &[&QualityEvent], config: &WatchConfig) -> Vec<Warning> {
             }
         }
     }
+    if let n @ 1.. = config.perplexity_rising {
+        let values: Option<Vec<f64>> = window(history, n).and_then(|w| w.iter().map(|q| q.perplexity).collect());
+        if let Some(v) = values.filter(|v| v.windows(2).all(|w| w[1] > w[0])) {
+            fire(
+                "perplexity-rising",
+                format!("perplexity on held-out reference solutions rose {n} iterations in a row: {}", list(&v)),
+            );
+        }
+    }
     let bound = |rule: &str, limit: f64, value: fn(&Quality) -> Option<f64>, what: &str| {
         let value = value(&measured(last))?;
         (value > limit).then(|| (rule.to_owned(), format!("{what} {value:.3} is above {limit}")))
@@ -121,6 +130,7 @@ mod tests {
             heldout: quality(0.5, 0.05),
             accuracy,
             accuracy_change: None,
+            perplexity: None,
             warnings: Vec::new(),
         }
     }
@@ -150,6 +160,20 @@ mod tests {
         assert_eq!(rules(&h, &config), ["accuracy-falling:Critical"]);
         let h = [event(0, 0.0, 0.30), event(1, 0.5, 0.25), event(2, 0.5, 0.25)];
         assert!(rules(&h, &config).is_empty(), "equal is not falling");
+    }
+
+    #[test]
+    fn perplexity_rising_needs_n_rises_in_a_row_of_scored_iterations() {
+        let config = WatchConfig { perplexity_rising: 2, ..WatchConfig::off() };
+        let scored = |k: usize, p: Option<f64>| QualityEvent { perplexity: p, ..event(k, 0.5, 0.2) };
+        let h = [scored(0, Some(3.0)), scored(1, Some(3.2)), scored(2, Some(3.5))];
+        assert_eq!(rules(&h, &config), ["perplexity-rising:Warning"]);
+        let h = [scored(0, Some(3.0)), scored(1, Some(3.5)), scored(2, Some(3.5))];
+        assert!(rules(&h, &config).is_empty(), "equal is not rising");
+        let h = [scored(0, Some(3.6)), scored(1, Some(3.2)), scored(2, Some(3.5))];
+        assert!(rules(&h, &config).is_empty(), "a fall in between resets it");
+        let h = [scored(0, None), scored(1, Some(3.2)), scored(2, Some(3.5))];
+        assert!(rules(&h, &config).is_empty(), "an unscored iteration is no evidence");
     }
 
     #[test]

@@ -132,6 +132,17 @@ pub fn render_html(runs: &[RunReport]) -> String {
         })
         .collect();
     body.push_str(&line_chart("distinct-2 of the held-out answers", &heldout, Scale::Unit, &[]));
+    let perplexity: Vec<Series> = runs
+        .iter()
+        .map(|r| Series {
+            name: r.name.clone(),
+            points: quality_events(r).filter_map(|q| Some((q.iteration as f64, q.perplexity?))).collect(),
+        })
+        .collect();
+    if perplexity.iter().any(|s| !s.points.is_empty()) {
+        let title = "perplexity on held-out reference solutions";
+        body.push_str(&line_chart(title, &perplexity, Scale::Count, &marks(runs)));
+    }
     body.push_str("</div>\n");
     body.push_str(&warnings_table(runs));
 

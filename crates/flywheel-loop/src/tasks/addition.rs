@@ -123,6 +123,11 @@ impl Task for Addition {
         Some(scratchpad(a.parse().ok()?, b.parse().ok()?))
     }
 
+    /// The held-out problem's scratchpad, as the seed set would write it.
+    fn heldout_reference(&self, problem: &Problem) -> Option<String> {
+        self.reference_solution(problem)
+    }
+
     /// The share of the scratchpad's lines (the answer line included) that are the right ones, in
     /// place: a graded reward that credits every column done right.
     fn process_score(&self, problem: &Problem, completion: &str, _extracted: Option<&str>) -> f64 {

@@ -520,14 +520,17 @@ impl ChatProblems {
     /// (only with a small `max-operand`).
     pub fn arith_word(config: &ArithWordConfig, seed: u64) -> Result<Self, LoopError> {
         let (eval, train) = generate(config, seed)?;
-        let references = train
-            .iter()
-            .map(|d| (d.problem.id.clone(), TEMPLATES[d.key.template].shape.solution(d.key.numbers)))
-            .collect();
+        let references = |drawn: &[Drawn]| {
+            drawn
+                .iter()
+                .map(|d| (d.problem.id.clone(), TEMPLATES[d.key.template].shape.solution(d.key.numbers)))
+                .collect()
+        };
+        let (train_references, heldout_references) = (references(&train), references(&eval));
         let problems = |drawn: Vec<Drawn>| drawn.into_iter().map(|d| d.problem).collect();
         let task =
             Self::new(problems(train), problems(eval), config.instruction.as_ref(), config.last_number_fallback, 0);
-        Ok(task.with_worked_examples(WORKED_EXAMPLES).with_references(references))
+        Ok(task.with_worked_examples(WORKED_EXAMPLES).with_references(train_references, heldout_references))
     }
 }
 

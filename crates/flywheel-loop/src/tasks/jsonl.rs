@@ -15,7 +15,7 @@
 //! split, in file order. Problem ids are the split and the line: `train-00042` is line 42 of the
 //! training file. Like any pretrained-model task, there is no seed set.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use flywheel_core::Problem;
@@ -33,14 +33,15 @@ impl ChatProblems {
     /// A task whose problems come from two JSONL files: reads both files of `config`; `seed` draws
     /// the subsets that `train-limit` and `eval-limit` keep.
     pub fn jsonl(config: &JsonlConfig, seed: u64) -> Result<Self, LoopError> {
-        let eval: Vec<Problem> = read_problems(&config.eval, "eval", config)?.into_iter().map(|(p, _)| p).collect();
-        let (train, solutions): (Vec<Problem>, Vec<String>) =
-            read_problems(&config.train, "train", config)?.into_iter().unzip();
-        let references = train
-            .iter()
-            .zip(&solutions)
-            .filter_map(|(p, s)| Some((p.id.clone(), reference_of(s, &p.answer)?)))
-            .collect();
+        let references = |split: &[(Problem, String)]| -> HashMap<String, String> {
+            split.iter().filter_map(|(p, s)| Some((p.id.clone(), reference_of(s, &p.answer)?))).collect()
+        };
+        let eval = read_problems(&config.eval, "eval", config)?;
+        let heldout_references = references(&eval);
+        let eval: Vec<Problem> = eval.into_iter().map(|(p, _)| p).collect();
+        let train = read_problems(&config.train, "train", config)?;
+        let train_references = references(&train);
+        let train: Vec<Problem> = train.into_iter().map(|(p, _)| p).collect();
         let held_out: HashSet<String> = eval.iter().map(|p| normalise(&p.question)).collect();
         let read = train.len();
         let train: Vec<Problem> = train.into_iter().filter(|p| !held_out.contains(&normalise(&p.question))).collect();
@@ -62,7 +63,7 @@ impl ChatProblems {
             config.last_number_fallback,
             overlap_dropped,
         )
-        .with_references(references))
+        .with_references(train_references, heldout_references))
     }
 }
 

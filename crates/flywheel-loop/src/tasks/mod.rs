@@ -51,6 +51,8 @@ pub struct ChatProblems {
     worked: &'static [(&'static str, &'static str)],
     /// Reference solutions of training problems, by problem id.
     references: HashMap<String, String>,
+    /// Reference solutions of held-out problems, by problem id.
+    heldout_references: HashMap<String, String>,
 }
 
 impl ChatProblems {
@@ -73,12 +75,15 @@ impl ChatProblems {
             overlap_dropped,
             worked: &[],
             references: HashMap::new(),
+            heldout_references: HashMap::new(),
         }
     }
 
-    /// The task with reference solutions of its training problems, by problem id.
-    fn with_references(mut self, references: HashMap<String, String>) -> Self {
-        self.references = references;
+    /// The task with reference solutions of its training and of its held-out problems, by
+    /// problem id.
+    fn with_references(mut self, train: HashMap<String, String>, heldout: HashMap<String, String>) -> Self {
+        self.references = train;
+        self.heldout_references = heldout;
         self
     }
 
@@ -125,6 +130,10 @@ impl Task for ChatProblems {
 
     fn reference_solution(&self, problem: &Problem) -> Option<String> {
         self.references.get(&problem.id).cloned()
+    }
+
+    fn heldout_reference(&self, problem: &Problem) -> Option<String> {
+        self.heldout_references.get(&problem.id).cloned()
     }
 
     fn prompt(&self, problem: &Problem) -> String {

@@ -214,3 +214,27 @@ fn every_training_problem_has_a_reference_solution_whose_arithmetic_holds() {
     }
     assert!(task.eval_problems().iter().all(|p| task.reference_solution(p).is_none()), "held-out problems have none");
 }
+
+#[test]
+fn held_out_references_are_right_and_the_natural_set_spreads_over_the_split() {
+    let mut c = config(100, 40);
+    c.held_out_stories = 3;
+    let task = ChatProblems::arith_word(&c, 5).expect("task");
+    let verifier = task.verifier();
+    for p in task.eval_problems() {
+        let solution = task.heldout_reference(p).unwrap_or_else(|| panic!("{}: no held-out reference", p.id));
+        assert!(verifier.judge(&solution, &p.answer).correct, "{}: {solution}", p.question);
+    }
+    assert!(task.train_problems().iter().all(|p| task.heldout_reference(p).is_none()));
+    let natural = crate::quality::natural_texts(&task, 10);
+    assert_eq!(natural.len(), 10);
+    let eval = task.eval_problems();
+    let posed: Vec<usize> = natural
+        .iter()
+        .map(|e| eval.iter().position(|p| task.prompt(p) == e.messages[0].content).expect("a held-out problem"))
+        .collect();
+    assert_eq!(posed, (0..10).map(|i| i * eval.len() / 10).collect::<Vec<_>>(), "evenly spread");
+    let buckets: HashSet<&str> = posed.iter().map(|&i| eval[i].bucket.as_str()).collect();
+    assert_eq!(buckets.len(), 4, "familiar and new stories, one and two steps: {buckets:?}");
+    assert_eq!(crate::quality::natural_texts(&task, 10_000).len(), eval.len(), "at most the whole split");
+}
