@@ -23,7 +23,7 @@ pub enum Command {
     /// Start a run: train or load the base model, then improve it for the configured iterations.
     Run(RunArgs),
     /// Continue a stopped run from its last finished iteration (its config.toml may change only in
-    /// iterations, threads, [early-stop] and [watch] once an iteration finished).
+    /// iterations, threads, [early-stop], [watch] and [generator] once an iteration finished).
     Resume(ResumeArgs),
     /// Evaluate a saved model on a config's held-out split; prints eval JSON to stdout.
     Eval(EvalArgs),
@@ -39,6 +39,31 @@ pub enum Command {
     /// Fine-tune a config's model on a chat JSONL file and write the checkpoint (or LoRA adapter):
     /// the embedded trainer as a command, for `[trainer] type = "command"`.
     Train(TrainArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (/v1/models, /v1/completions,
+    /// /v1/chat/completions), batching concurrent requests into the sampler.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `flywheel serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A GGUF file, a Hugging Face directory, or a PEFT adapter directory (a run's iter-NNNN/model).
+    pub model: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port to listen on.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model's name in the API [default: the file or directory name, without .gguf].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Worker threads of the sampler (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Most sequences decoded at once.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one())]
+    pub max_batch: usize,
 }
 
 /// Arguments of `flywheel train`.

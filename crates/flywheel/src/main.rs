@@ -19,6 +19,7 @@ mod judge;
 mod progress;
 mod remote;
 mod run;
+mod serve;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         cli::Command::Bench(args) => bench::run(&args),
         cli::Command::Export(args) => run::export(&args),
         cli::Command::Train(args) => run::train(&args),
+        cli::Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,415 @@
+//! `flywheel serve`: the embedded engine behind an OpenAI-compatible HTTP API (`/v1/models`,
+//! `/v1/completions`, `/v1/chat/completions`, with `n`, temperature, top-p, top-k, max tokens,
+//! stop strings, seeds and streaming), so that OpenAI clients, and flywheel's own remote
+//! generator, can sample from a GGUF file, a Hugging Face directory or a PEFT adapter.
+//!
+//! One worker thread owns the model. Handlers parse and check a request, hand it to the worker
+//! through a channel and await the answer; the worker takes every request that queued up while it
+//! was busy and samples those that share their settings in one batch, so concurrent clients fill
+//! the sampler's batch. A request without a seed shares its batch's fresh seed; one with a seed is
+//! batched only with requests of the same seed and settings, and gets the same samples each time.
+//! Streaming sends each completion as one chunk when its batch is done (the sampler decodes
+//! sequences together and returns them whole), then `[DONE]`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use axum::extract::{Json, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use flywheel_core::{Completion, FinishReason, GenerationRequest, Message, NullReporter, Role, SamplingParams};
+use flywheel_engine::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cli::ServeArgs;
+
+/// Most completions one request may ask for (prompts times `n`).
+const MAX_COMPLETIONS: usize = 256;
+/// New tokens when a request names no limit.
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// What a request asks the worker to continue.
+#[derive(Debug)]
+enum Input {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<Message>),
+    /// Texts continued as they are.
+    Text(Vec<String>),
+}
+
+/// A request for the worker.
+#[derive(Debug)]
+struct Job {
+    input: Input,
+    n: usize,
+    params: SamplingParams,
+    /// Whether the client chose the seed.
+    seeded: bool,
+    reply: oneshot::Sender<Result<Sampled, String>>,
+}
+
+/// The worker's answer: completions per prompt, and prompt tokens.
+#[derive(Debug)]
+struct Sampled {
+    completions: Vec<Vec<Completion>>,
+    prompt_tokens: usize,
+}
+
+/// What the handlers share.
+struct Shared {
+    model: String,
+    jobs: mpsc::UnboundedSender<Job>,
+    next_id: AtomicU64,
+}
+
+/// Runs the server until Ctrl-C.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    crate::engine::set_threads(args.threads);
+    let mut engine = Engine::open(&args.model).with_context(|| format!("loading {} to serve", args.model.display()))?;
+    engine.sampler.max_batch = args.max_batch;
+    let name = args.name.clone().unwrap_or_else(|| default_name(&args.model));
+    let (jobs, queue) = mpsc::unbounded_channel();
+    std::thread::Builder::new().name("sampler".into()).spawn(move || worker(engine, queue))?;
+    let shared = Arc::new(Shared { model: name.clone(), jobs, next_id: AtomicU64::new(1) });
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .with_state(shared);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let address = format!("{}:{}", args.host, args.port);
+        let listener =
+            tokio::net::TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
+        tracing::info!("serving {name} at http://{}/v1 (Ctrl-C stops)", listener.local_addr()?);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("stopping");
+            })
+            .await
+            .context("serving")
+    })
+}
+
+/// The model's name when none is given: the file or directory name, without `.gguf`.
+fn default_name(path: &std::path::Path) -> String {
+    let name = path.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    name.strip_suffix(".gguf").map(str::to_owned).unwrap_or(name)
+}
+
+/// The worker: batches what queued up, by settings, until every handler is gone.
+fn worker(engine: Engine, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let mut fresh_seed = 0x5eed_u64;
+    while let Some(first) = queue.blocking_recv() {
+        let mut jobs = vec![first];
+        while let Ok(job) = queue.try_recv() {
+            jobs.push(job);
+        }
+        let mut groups: HashMap<String, Vec<Job>> = HashMap::new();
+        let mut order = Vec::new();
+        for job in jobs {
+            let key = batch_key(&job);
+            if !groups.contains_key(&key) {
+                order.push(key.clone());
+            }
+            groups.entry(key).or_default().push(job);
+        }
+        for key in order {
+            let group = groups.remove(&key).expect("grouped");
+            let mut params = group[0].params.clone();
+            if !group[0].seeded {
+                fresh_seed = fresh_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                params.seed = fresh_seed >> 1;
+            }
+            sample_group(&engine, group, &params);
+        }
+    }
+}
+
+/// Jobs with equal keys are sampled in one batch.
+fn batch_key(job: &Job) -> String {
+    let p = &job.params;
+    let seed = if job.seeded { p.seed.to_string() } else { "-".into() };
+    format!("{}|{}|{}|{}|{:?}|{seed}", p.temperature, p.top_p, p.top_k, p.max_new_tokens, p.stop)
+}
+
+/// Samples every job of `group` in one call and answers each.
+fn sample_group(engine: &Engine, group: Vec<Job>, params: &SamplingParams) {
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    let mut spans = Vec::with_capacity(group.len());
+    let mut rendered: Vec<Result<usize, String>> = Vec::with_capacity(group.len());
+    for job in &group {
+        let prompts = match &job.input {
+            Input::Chat(messages) => {
+                engine.format().render_prompt(messages).map(|p| vec![p]).map_err(|e| e.to_string())
+            }
+            Input::Text(texts) => Ok(texts.clone()),
+        };
+        match prompts {
+            Ok(prompts) => {
+                let tokens = prompts.iter().map(|p| engine.tokenizer().encode(p).map_or(0, |ids| ids.len())).sum();
+                spans.push((requests.len(), prompts.len()));
+                requests.extend(prompts.into_iter().map(|p| GenerationRequest::new(p, job.n)));
+                rendered.push(Ok(tokens));
+            }
+            Err(e) => {
+                spans.push((requests.len(), 0));
+                rendered.push(Err(e));
+            }
+        }
+    }
+    let result = match requests.is_empty() {
+        true => Ok(Vec::new()),
+        false => engine.sample(&requests, params, &NullReporter).map_err(|e| e.to_string()),
+    };
+    let samples: usize = requests.iter().map(|r| r.n).sum();
+    tracing::info!("{} request(s), {samples} completion(s) in {:.2}s", group.len(), started.elapsed().as_secs_f64());
+    for ((job, (start, count)), tokens) in group.into_iter().zip(spans).zip(rendered) {
+        let answer = tokens.and_then(|prompt_tokens| {
+            let all = result.as_ref().map_err(Clone::clone)?;
+            Ok(Sampled { completions: all[start..start + count].to_vec(), prompt_tokens })
+        });
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// A string or a list of strings (`prompt`, `stop`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// The sampling fields both APIs share. Fields the server does not implement are ignored.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: Option<String>,
+    n: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    stop: Option<OneOrMany>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+/// A chat message as clients send it: content as a string or as text parts.
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionBody {
+    prompt: OneOrMany,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// An OpenAI-style error response.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let kind = if status.is_client_error() { "invalid_request_error" } else { "server_error" };
+    (status, Json(json!({"error": {"message": message.into(), "type": kind}}))).into_response()
+}
+
+async fn models(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!({"object": "list", "data": [{"id": shared.model, "object": "model", "created": 0, "owned_by": "flywheel"}]}))
+        .into_response()
+}
+
+async fn chat(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for (i, m) in body.messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => return error(StatusCode::BAD_REQUEST, format!("messages[{i}].role: unsupported role {other:?}")),
+        };
+        let content = match text_of(&m.content) {
+            Some(text) => text,
+            None => return error(StatusCode::BAD_REQUEST, format!("messages[{i}].content: expected text")),
+        };
+        messages.push(Message { role, content });
+    }
+    if messages.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "messages: at least one message is needed");
+    }
+    serve_request(shared, Input::Chat(messages), body.common, true).await
+}
+
+async fn completions(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let prompts = body.prompt.into_vec();
+    if prompts.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "prompt: at least one prompt is needed");
+    }
+    serve_request(shared, Input::Text(prompts), body.common, false).await
+}
+
+/// A message's text: a string, or the text parts of a list of parts.
+fn text_of(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| (p["type"] == "text").then(|| p["text"].as_str().map(str::to_owned)).flatten())
+            .collect::<Option<Vec<String>>>()
+            .map(|v| v.concat()),
+        _ => None,
+    }
+}
+
+/// Checks the shared fields, samples through the worker, and answers in the API's shape.
+async fn serve_request(shared: Arc<Shared>, input: Input, common: Common, chat: bool) -> Response {
+    if let Some(model) = &common.model {
+        if model != &shared.model {
+            let message = format!("the model `{model}` does not exist; this server serves `{}`", shared.model);
+            return error(StatusCode::NOT_FOUND, message);
+        }
+    }
+    let n = common.n.unwrap_or(1);
+    let prompts = match &input {
+        Input::Chat(_) => 1,
+        Input::Text(t) => t.len(),
+    };
+    if n == 0 || n * prompts > MAX_COMPLETIONS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("n must be 1 to {} per prompt, got {n}", MAX_COMPLETIONS / prompts),
+        );
+    }
+    let temperature = common.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return error(StatusCode::BAD_REQUEST, format!("temperature must be in [0, 2], got {temperature}"));
+    }
+    let top_p = common.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return error(StatusCode::BAD_REQUEST, format!("top_p must be in (0, 1], got {top_p}"));
+    }
+    let max_tokens = common.max_completion_tokens.or(common.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
+    if max_tokens == 0 {
+        return error(StatusCode::BAD_REQUEST, "max_tokens must be at least 1");
+    }
+    let params = SamplingParams {
+        temperature,
+        top_p,
+        top_k: common.top_k.map_or(0, |k| k.max(0) as usize),
+        max_new_tokens: max_tokens,
+        stop: common.stop.map_or_else(Vec::new, OneOrMany::into_vec),
+        seed: common.seed.unwrap_or(0),
+        ignore_eos: false,
+    };
+    let (reply, answer) = oneshot::channel();
+    let job = Job { input, n, params, seeded: common.seed.is_some(), reply };
+    if shared.jobs.send(job).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the sampler stopped");
+    }
+    let sampled = match answer.await {
+        Ok(Ok(sampled)) => sampled,
+        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the sampler stopped while sampling"),
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (id, object) = match chat {
+        true => (format!("chatcmpl-{id}"), "chat.completion"),
+        false => (format!("cmpl-{id}"), "text_completion"),
+    };
+    let choices: Vec<(usize, &Completion)> = sampled.completions.iter().flatten().enumerate().collect();
+    let finish = |c: &Completion| match c.finish {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    };
+    let completion_tokens: usize = choices.iter().map(|(_, c)| c.tokens).sum();
+    if common.stream {
+        let object = format!("{object}.chunk").replace("text_completion.chunk", "text_completion");
+        let mut events = Vec::new();
+        for (index, c) in &choices {
+            let (first, last) = match chat {
+                true => (
+                    json!({"index": index, "delta": {"role": "assistant", "content": c.text}, "finish_reason": null}),
+                    json!({"index": index, "delta": {}, "finish_reason": finish(c)}),
+                ),
+                false => (
+                    json!({"index": index, "text": c.text, "finish_reason": null}),
+                    json!({"index": index, "text": "", "finish_reason": finish(c)}),
+                ),
+            };
+            for choice in [first, last] {
+                let chunk =
+                    json!({"id": id, "object": object, "created": created, "model": shared.model, "choices": [choice]});
+                events.push(Ok::<_, std::convert::Infallible>(Event::default().data(chunk.to_string())));
+            }
+        }
+        events.push(Ok(Event::default().data("[DONE]")));
+        return Sse::new(futures_util::stream::iter(events)).into_response();
+    }
+    let choices: Vec<Value> = choices
+        .iter()
+        .map(|(index, c)| match chat {
+            true => {
+                json!({"index": index, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish(c)})
+            }
+            false => json!({"index": index, "text": c.text, "finish_reason": finish(c)}),
+        })
+        .collect();
+    Json(json!({
+        "id": id,
+        "object": object,
+        "created": created,
+        "model": shared.model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": sampled.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": sampled.prompt_tokens + completion_tokens,
+        },
+    }))
+    .into_response()
+}
