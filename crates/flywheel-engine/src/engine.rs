@@ -200,18 +200,13 @@ impl Engine {
         params: &SamplingParams,
         reporter: &dyn Reporter,
     ) -> Result<Vec<Vec<Completion>>> {
-        let c = self.model.config();
-        let model = InferenceModel::new(&self.model, self.sampler.weights)?;
-        let eos_ids = c.eos_ids();
-        let ctx = SamplerContext {
-            model: &model,
-            tokenizer: &self.tokenizer,
-            eos_ids: &eos_ids,
-            bos_id: c.bos_token_id,
-            max_positions: c.max_position_embeddings,
-            options: &self.sampler,
-        };
-        generate(&ctx, requests, params, reporter)
+        self.prepare_sampler()?.sample(requests, params, None, reporter)
+    }
+
+    /// The model prepared for sampling (its weights converted to the sampler's format once), for
+    /// a caller that samples many times from the same weights, such as a server.
+    pub fn prepare_sampler(&self) -> Result<PreparedSampler<'_>> {
+        Ok(PreparedSampler { engine: self, model: InferenceModel::new(&self.model, self.sampler.weights)? })
     }
 
     /// Fine-tunes on `examples` (the engine-error form of [`Trainer::train`]).
@@ -251,6 +246,47 @@ impl Engine {
                 Ok(t)
             })
             .collect()
+    }
+}
+
+/// An [`Engine`]'s model prepared for sampling ([`Engine::prepare_sampler`]).
+pub struct PreparedSampler<'a> {
+    engine: &'a Engine,
+    model: InferenceModel,
+}
+
+impl std::fmt::Debug for PreparedSampler<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedSampler").finish_non_exhaustive()
+    }
+}
+
+impl PreparedSampler<'_> {
+    /// Samples completions of rendered prompts, as [`Engine::sample`] does. With `seeds` (one
+    /// per request), request `i` draws its samples under `seeds[i]`, exactly as it would alone,
+    /// whatever it is batched with; without, every request draws under `params.seed`.
+    pub fn sample(
+        &self,
+        requests: &[GenerationRequest],
+        params: &SamplingParams,
+        seeds: Option<&[u64]>,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<Vec<Completion>>> {
+        if seeds.is_some_and(|s| s.len() != requests.len()) {
+            return Err(EngineError::invalid("one seed per request is needed"));
+        }
+        let c = self.engine.model.config();
+        let eos_ids = c.eos_ids();
+        let ctx = SamplerContext {
+            model: &self.model,
+            tokenizer: &self.engine.tokenizer,
+            eos_ids: &eos_ids,
+            bos_id: c.bos_token_id,
+            max_positions: c.max_position_embeddings,
+            options: &self.engine.sampler,
+            seeds,
+        };
+        generate(&ctx, requests, params, reporter)
     }
 }
 

@@ -32,7 +32,7 @@ mod testing;
 mod text;
 mod train;
 
-pub use engine::Engine;
+pub use engine::{Engine, PreparedSampler};
 pub use error::{EngineError, Result};
 pub use formats::adapter::{
     load_adapter, peft_tensor_name, save_adapter, AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE,

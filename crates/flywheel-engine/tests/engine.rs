@@ -204,6 +204,21 @@ fn log_likelihood_sums_the_target_tokens_log_probabilities_and_falls_with_traini
 }
 
 #[test]
+fn a_request_with_its_own_seed_samples_the_same_alone_or_batched() {
+    let e = engine(4);
+    let sampler = e.prepare_sampler().unwrap();
+    let requests = [req("ab|", 3), req("12+3=", 2), req("ab|", 3)];
+    let params = sampling(0);
+    let batched = sampler.sample(&requests, &params, Some(&[5, 9, 6]), &NullReporter).unwrap();
+    let alone = sampler.sample(&requests[1..2], &params, Some(&[9]), &NullReporter).unwrap();
+    assert_eq!(batched[1], alone[0]);
+    let first = sampler.sample(&requests[..1], &params, Some(&[5]), &NullReporter).unwrap();
+    assert_eq!(batched[0], first[0]);
+    assert_ne!(batched[0], batched[2], "the same prompt under another seed");
+    assert!(sampler.sample(&requests, &params, Some(&[1]), &NullReporter).is_err(), "one seed per request");
+}
+
+#[test]
 fn engine_can_move_between_threads() {
     fn assert_send<T: Send>() {}
     assert_send::<Engine>();

@@ -286,12 +286,17 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             let (report, records, sampled) =
                 evaluate(self.task.as_ref(), generator.as_mut(), &config.eval, seed, self.reporter)?;
             let natural = natural_texts(self.task.as_ref(), config.watch.perplexity_texts);
+            let scoring = Instant::now();
             let perplexity = match natural.is_empty() {
                 true => None,
                 false => generator.log_likelihood(&natural)?.and_then(|l| l.perplexity()),
             };
             if let Some(p) = perplexity {
-                tracing::info!("iteration {k}: perplexity {p:.3} on {} held-out reference solutions", natural.len());
+                tracing::info!(
+                    "iteration {k}: perplexity {p:.3} on {} held-out reference solutions ({:.1}s)",
+                    natural.len(),
+                    scoring.elapsed().as_secs_f64()
+                );
             }
             (report, records, sampled, perplexity)
         };

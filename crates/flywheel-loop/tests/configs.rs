@@ -18,6 +18,7 @@ fn shipped_examples_parse() {
         "collapse-demo.toml",
         "collapse-demo-mitigated.toml",
         "gsm8k-vllm-trl.toml",
+        "smollm2-arith-remote.toml",
     ] {
         let config = RunConfig::load(&examples().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(format!("{}.toml", config.name), name);

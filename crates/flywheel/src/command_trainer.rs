@@ -1,6 +1,6 @@
 //! `[trainer] type = "command"`: each iteration's training sets go to an external command (TRL
 //! under accelerate, `flywheel train`, anything that reads chat JSONL and writes a checkpoint),
-//! run without a shell; what it writes is the next iteration's model.
+//! run without a shell from the working directory; what it writes is the next iteration's model.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -49,6 +49,7 @@ impl CommandTrainer {
             ("{batch-size}", p.batch_size.to_string()),
             ("{learning-rate}", p.learning_rate.to_string()),
             ("{seed}", p.seed.to_string()),
+            ("{run-dir}", self.run_dir.display().to_string()),
         ];
         let argv: Vec<String> = self
             .command
@@ -62,7 +63,6 @@ impl CommandTrainer {
         tracing::info!("training with `{}` (output in {})", argv.join(" "), log.display());
         let status = Command::new(&argv[0])
             .args(&argv[1..])
-            .current_dir(&self.run_dir)
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(io)?)
             .stderr(err)

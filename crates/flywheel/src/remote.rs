@@ -64,7 +64,6 @@ impl RemoteBackend {
         tracing::info!("serving {}: {}", checkpoint.display(), argv.join(" "));
         let status = Command::new(&argv[0])
             .args(&argv[1..])
-            .current_dir(&self.run_dir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -5,9 +5,10 @@
 //!
 //! One worker thread owns the model. Handlers parse and check a request, hand it to the worker
 //! through a channel and await the answer; the worker takes every request that queued up while it
-//! was busy and samples those that share their settings in one batch, so concurrent clients fill
-//! the sampler's batch. A request without a seed shares its batch's fresh seed; one with a seed is
-//! batched only with requests of the same seed and settings, and gets the same samples each time.
+//! was busy and samples those that share their settings (temperature, top-p, top-k, max tokens,
+//! stop strings) in one batch, so concurrent clients fill the sampler's batch. Each request draws
+//! under its own seed, so one with a seed gets the same samples whatever it is batched with (the
+//! `i`-th prompt of a completions request under `seed + i`); one without gets a fresh seed.
 //! Streaming sends each completion as one chunk when its batch is done (the sampler decodes
 //! sequences together and returns them whole), then `[DONE]`.
 
@@ -24,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use flywheel_core::{Completion, FinishReason, GenerationRequest, Message, NullReporter, Role, SamplingParams};
-use flywheel_engine::Engine;
+use flywheel_engine::{Engine, PreparedSampler};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -109,6 +110,13 @@ fn default_name(path: &std::path::Path) -> String {
 
 /// The worker: batches what queued up, by settings, until every handler is gone.
 fn worker(engine: Engine, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let sampler = match engine.prepare_sampler() {
+        Ok(sampler) => sampler,
+        Err(e) => {
+            tracing::error!("cannot prepare the model for sampling: {e}");
+            return;
+        }
+    };
     let mut fresh_seed = 0x5eed_u64;
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
@@ -125,28 +133,28 @@ fn worker(engine: Engine, mut queue: mpsc::UnboundedReceiver<Job>) {
             groups.entry(key).or_default().push(job);
         }
         for key in order {
-            let group = groups.remove(&key).expect("grouped");
-            let mut params = group[0].params.clone();
-            if !group[0].seeded {
+            let mut group = groups.remove(&key).expect("grouped");
+            for job in group.iter_mut().filter(|j| !j.seeded) {
                 fresh_seed = fresh_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                params.seed = fresh_seed >> 1;
+                job.params.seed = fresh_seed >> 1;
             }
-            sample_group(&engine, group, &params);
+            sample_group(&engine, &sampler, group);
         }
     }
 }
 
-/// Jobs with equal keys are sampled in one batch.
+/// Jobs with equal keys are sampled in one batch: their settings but the seed.
 fn batch_key(job: &Job) -> String {
     let p = &job.params;
-    let seed = if job.seeded { p.seed.to_string() } else { "-".into() };
-    format!("{}|{}|{}|{}|{:?}|{seed}", p.temperature, p.top_p, p.top_k, p.max_new_tokens, p.stop)
+    format!("{}|{}|{}|{}|{:?}", p.temperature, p.top_p, p.top_k, p.max_new_tokens, p.stop)
 }
 
-/// Samples every job of `group` in one call and answers each.
-fn sample_group(engine: &Engine, group: Vec<Job>, params: &SamplingParams) {
+/// Samples every job of `group` in one call, each prompt under its job's seed, and answers each.
+fn sample_group(engine: &Engine, sampler: &PreparedSampler<'_>, group: Vec<Job>) {
     let started = Instant::now();
+    let params = group[0].params.clone();
     let mut requests = Vec::new();
+    let mut seeds = Vec::new();
     let mut spans = Vec::with_capacity(group.len());
     let mut rendered: Vec<Result<usize, String>> = Vec::with_capacity(group.len());
     for job in &group {
@@ -160,6 +168,7 @@ fn sample_group(engine: &Engine, group: Vec<Job>, params: &SamplingParams) {
             Ok(prompts) => {
                 let tokens = prompts.iter().map(|p| engine.tokenizer().encode(p).map_or(0, |ids| ids.len())).sum();
                 spans.push((requests.len(), prompts.len()));
+                seeds.extend((0..prompts.len() as u64).map(|i| job.params.seed.wrapping_add(i)));
                 requests.extend(prompts.into_iter().map(|p| GenerationRequest::new(p, job.n)));
                 rendered.push(Ok(tokens));
             }
@@ -171,7 +180,7 @@ fn sample_group(engine: &Engine, group: Vec<Job>, params: &SamplingParams) {
     }
     let result = match requests.is_empty() {
         true => Ok(Vec::new()),
-        false => engine.sample(&requests, params, &NullReporter).map_err(|e| e.to_string()),
+        false => sampler.sample(&requests, &params, Some(&seeds), &NullReporter).map_err(|e| e.to_string()),
     };
     let samples: usize = requests.iter().map(|r| r.n).sum();
     tracing::info!("{} request(s), {samples} completion(s) in {:.2}s", group.len(), started.elapsed().as_secs_f64());

@@ -94,7 +94,7 @@ fn a_run_samples_through_a_server_and_never_writes_or_logs_its_key() {
     let run = |key: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_flywheel"));
         command.args(["run", config_path.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()]);
-        command.env("RUST_LOG", "debug").env_remove("FLYWHEEL_TEST_API_KEY");
+        command.env("RUST_LOG", "trace").env_remove("FLYWHEEL_TEST_API_KEY");
         if let Some(key) = key {
             command.env("FLYWHEEL_TEST_API_KEY", key);
         }

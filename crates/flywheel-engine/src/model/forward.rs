@@ -87,6 +87,19 @@ impl LlamaModel {
         self.final_norm(&x, &ctx)
     }
 
+    /// [`LlamaModel::forward_hidden`] for evaluation: no dropout, and each layer's output
+    /// detached from the autograd graph, so that only one layer's activations are alive at a time
+    /// (with the weights being variables, the graph would otherwise keep every intermediate
+    /// tensor of every layer until the result is dropped).
+    pub(crate) fn forward_hidden_detached(&self, input_ids: &Tensor, position_ids: &Tensor) -> Result<Tensor> {
+        let ctx = self.layer_context(input_ids, position_ids, None)?;
+        let mut x = self.embed_tokens(input_ids)?.detach();
+        for li in 0..self.layers.len() {
+            x = self.layer(li, &x, &ctx, false)?.detach();
+        }
+        Ok(self.final_norm(&x, &ctx)?.detach())
+    }
+
     /// Checks the inputs of a forward pass and builds what its layers share.
     pub(crate) fn layer_context(
         &self,

@@ -97,6 +97,9 @@ pub(crate) struct SamplerContext<'a> {
     pub bos_id: Option<u32>,
     pub max_positions: usize,
     pub options: &'a SamplerOptions,
+    /// A seed per request, in place of the parameters' seed: request `i`'s samples are then
+    /// those it would get alone under `seeds[i]`, whatever it is batched with.
+    pub seeds: Option<&'a [u64]>,
 }
 
 /// Draws `requests[i].n` completions for every request (see [`flywheel_core::Generator`]).
@@ -210,7 +213,10 @@ impl Decoder<'_> {
                     sample: p.next_sample,
                     cache: KvCache::extending(p.prefix.clone()),
                     logits: p.logits.to_vec(),
-                    rng: sequence_rng(params.seed, p.request, p.next_sample),
+                    rng: match ctx.seeds {
+                        Some(seeds) => sequence_rng(seeds[p.request], 0, p.next_sample),
+                        None => sequence_rng(params.seed, p.request, p.next_sample),
+                    },
                     ids: Vec::new(),
                     stream: ctx.tokenizer.inner().decode_stream(true),
                     text: String::new(),
@@ -430,6 +436,7 @@ mod tests {
                 bos_id: self.bos,
                 max_positions: self.max_positions,
                 options,
+                seeds: None,
             }
         }
 

@@ -74,7 +74,7 @@ pub(crate) fn summed_loss(
     let (mut nll, mut tokens) = (0.0, 0u64);
     for part in micro_batches(&scored, budget.max(1)) {
         let batch = make_batch(&part, pad_id, &model.device)?;
-        let hidden = model.forward_hidden_mode(&batch.input_ids, &batch.position_ids, None, false)?.detach();
+        let hidden = model.forward_hidden_detached(&batch.input_ids, &batch.position_ids)?;
         let n = batch.targets.dim(0)?;
         let mean = loss_of_hidden(model, &hidden, &batch)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         nll += mean * n as f64;

@@ -38,7 +38,7 @@ pub struct OpenAiGeneratorConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
     /// The command that makes the servers serve a checkpoint the run wrote, as an argument vector
-    /// (run without a shell); `{checkpoint}` becomes the checkpoint directory's absolute path and
+    /// (run without a shell, from the working directory); `{checkpoint}` becomes the checkpoint directory's absolute path and
     /// `{run-dir}` the run directory's. It runs before the first request to each new checkpoint;
     /// its output goes to `on-checkpoint.log` beside the checkpoint, and a non-zero exit stops
     /// the run. Required: without it the servers would go on serving the model they started with.
@@ -112,17 +112,18 @@ pub enum TrainerConfig {
 }
 
 /// The placeholders a trainer command may use.
-pub const TRAINER_PLACEHOLDERS: [&str; 8] =
-    ["{data}", "{start}", "{out}", "{iteration}", "{steps}", "{batch-size}", "{learning-rate}", "{seed}"];
+pub const TRAINER_PLACEHOLDERS: [&str; 9] =
+    ["{data}", "{start}", "{out}", "{iteration}", "{steps}", "{batch-size}", "{learning-rate}", "{seed}", "{run-dir}"];
 
 /// Settings of `[trainer] type = "command"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CommandTrainerConfig {
-    /// The command as an argument vector, run without a shell from the run directory. Its
-    /// placeholders: `{data}` (the training set, chat JSONL), `{start}` (the checkpoint to start
-    /// from), `{out}` (the directory to write the new checkpoint or PEFT adapter to), `{iteration}`,
-    /// and `[training]`'s `{steps}`, `{batch-size}`, `{learning-rate}`, `{seed}`.
+    /// The command as an argument vector, run without a shell from the working directory (as
+    /// the config's other paths are read). Its placeholders: `{data}` (the training set, chat
+    /// JSONL), `{start}` (the checkpoint to start from), `{out}` (the directory to write the new
+    /// checkpoint or PEFT adapter to), `{iteration}`, `{run-dir}`, and `[training]`'s `{steps}`,
+    /// `{batch-size}`, `{learning-rate}`, `{seed}`.
     pub command: Vec<String>,
 }
 
