@@ -53,3 +53,36 @@ pub trait TrainerBackend {
         reporter: &dyn Reporter,
     ) -> crate::Result<Vec<TrainSummary>>;
 }
+
+/// A boxed backend is one: a caller picks the backend at run time (the embedded engine or a
+/// remote one) and hands the box to [`crate::Runner`].
+impl<B: GeneratorBackend + ?Sized> GeneratorBackend for Box<B> {
+    fn open(&mut self, checkpoint: &Path) -> crate::Result<Box<dyn Generator>> {
+        (**self).open(checkpoint)
+    }
+}
+
+/// A boxed trainer is one (the embedded engine or a command, picked at run time).
+impl<B: TrainerBackend + ?Sized> TrainerBackend for Box<B> {
+    fn init(
+        &mut self,
+        config: &RunConfig,
+        task: &dyn Task,
+        seed: u64,
+        seed_set: Option<Phase<'_>>,
+        out: &Path,
+        reporter: &dyn Reporter,
+    ) -> crate::Result<Option<TrainSummary>> {
+        (**self).init(config, task, seed, seed_set, out, reporter)
+    }
+
+    fn train(
+        &mut self,
+        start: &Path,
+        phases: &[Phase<'_>],
+        out: &Path,
+        reporter: &dyn Reporter,
+    ) -> crate::Result<Vec<TrainSummary>> {
+        (**self).train(start, phases, out, reporter)
+    }
+}

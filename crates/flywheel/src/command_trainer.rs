@@ -2,10 +2,7 @@
 //! under accelerate, `flywheel train`, anything that reads chat JSONL and writes a checkpoint),
 //! run without a shell from the working directory; what it writes is the next iteration's model.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use flywheel_core::{CoreError, Reporter, TrainSummary};
@@ -13,6 +10,7 @@ use flywheel_loop::config::CommandTrainerConfig;
 use flywheel_loop::rundir::write_jsonl;
 use flywheel_loop::{LoopError, Phase, RunConfig, Task, TrainerBackend};
 
+use crate::command::{fill, run_logged};
 use crate::engine::EmbeddedEngine;
 
 /// The file a trainer command may write into its output directory to report its losses (a
@@ -51,31 +49,9 @@ impl CommandTrainer {
             ("{seed}", p.seed.to_string()),
             ("{run-dir}", self.run_dir.display().to_string()),
         ];
-        let argv: Vec<String> = self
-            .command
-            .iter()
-            .map(|arg| values.iter().fold(arg.clone(), |a, (name, value)| a.replace(name, value)))
-            .collect();
-        let io = |source| CoreError::Io { path: log.to_owned(), source };
-        let mut file = OpenOptions::new().create(true).append(true).open(log).map_err(io)?;
-        writeln!(file, "$ {}", argv.join(" ")).map_err(io)?;
-        let err = file.try_clone().map_err(io)?;
+        let argv = fill(&self.command, &values);
         tracing::info!("training with `{}` (output in {})", argv.join(" "), log.display());
-        let status = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().map_err(io)?)
-            .stderr(err)
-            .status()
-            .map_err(|e| CoreError::Training(format!("trainer.command: cannot run {:?}: {e}", argv[0])))?;
-        writeln!(file, "# {status}").map_err(io)?;
-        if !status.success() {
-            return Err(CoreError::Training(format!(
-                "trainer.command `{}` failed ({status}); its output is in {}",
-                argv.join(" "),
-                log.display()
-            )));
-        }
+        run_logged(&argv, log, "trainer.command", CoreError::Training)?;
         let wrote = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
         if !wrote {
             return Err(CoreError::Training(format!(

@@ -1,15 +1,15 @@
 //! `[generator] type = "openai"`: samples from OpenAI-compatible servers, which the config's
 //! `on-checkpoint` command points at each checkpoint the run writes.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use flywheel_core::{CoreError, Generator};
 use flywheel_loop::config::{OpenAiApi, OpenAiGeneratorConfig};
 use flywheel_loop::GeneratorBackend;
 use flywheel_remote::{Api, ApiKey, RemoteConfig, RemoteGenerator};
+
+use crate::command::{fill, run_logged};
 
 /// Opens remote generators on checkpoints: runs the hook for a checkpoint not served yet, then
 /// samples through the servers, with a journal beside the checkpoint.
@@ -52,31 +52,12 @@ impl RemoteBackend {
 
     /// Runs `on-checkpoint` for `checkpoint`, its output appended to `on-checkpoint.log` beside it.
     fn serve(&self, checkpoint: &Path) -> Result<(), CoreError> {
-        let fill = |arg: &String| {
-            arg.replace("{checkpoint}", &checkpoint.display().to_string())
-                .replace("{run-dir}", &self.run_dir.display().to_string())
-        };
-        let argv: Vec<String> = self.on_checkpoint.iter().map(fill).collect();
+        let values =
+            [("{checkpoint}", checkpoint.display().to_string()), ("{run-dir}", self.run_dir.display().to_string())];
+        let argv = fill(&self.on_checkpoint, &values);
         let log = checkpoint.parent().unwrap_or(checkpoint).join("on-checkpoint.log");
-        let open = || OpenOptions::new().create(true).append(true).open(&log);
-        let io = |source| CoreError::Io { path: log.clone(), source };
-        let (out, err) = (open().map_err(io)?, open().map_err(io)?);
         tracing::info!("serving {}: {}", checkpoint.display(), argv.join(" "));
-        let status = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .status()
-            .map_err(|e| CoreError::Load(format!("generator.on-checkpoint: cannot run {:?}: {e}", argv[0])))?;
-        if !status.success() {
-            return Err(CoreError::Load(format!(
-                "generator.on-checkpoint `{}` failed ({status}); its output is in {}",
-                argv.join(" "),
-                log.display()
-            )));
-        }
-        Ok(())
+        run_logged(&argv, &log, "generator.on-checkpoint", CoreError::Load)
     }
 }
 

@@ -1,7 +1,5 @@
 //! `flywheel run`, `resume`, `eval` and `report`.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
 use flywheel_core::TrainExample;
 use flywheel_engine::TrainPass;
@@ -43,13 +41,13 @@ fn drive(dir: RunDir, task: Box<dyn Task>) -> Result<()> {
     let engine = engine_for(&config)?;
     let bars = Bars::new();
     // The embedded engine trains, and samples unless [generator] names servers.
-    let generators = match &config.generator {
-        None => Generators::Embedded(engine.clone()),
-        Some(GeneratorConfig::Openai(remote)) => Generators::Remote(Box::new(RemoteBackend::new(remote, dir.root())?)),
+    let generators: Box<dyn GeneratorBackend> = match &config.generator {
+        None => Box::new(engine.clone()),
+        Some(GeneratorConfig::Openai(remote)) => Box::new(RemoteBackend::new(remote, dir.root())?),
     };
-    let trainer = match &config.trainer {
-        None => Trainers::Embedded(engine),
-        Some(TrainerConfig::Command(command)) => Trainers::Command(CommandTrainer::new(command, dir.root(), engine)?),
+    let trainer: Box<dyn TrainerBackend> = match &config.trainer {
+        None => Box::new(engine),
+        Some(TrainerConfig::Command(command)) => Box::new(CommandTrainer::new(command, dir.root(), engine)?),
     };
     let mut runner = Runner::with_task(generators, trainer, dir, task, &bars);
     let outcome = runner.run()?;
@@ -62,61 +60,6 @@ fn drive(dir: RunDir, task: Box<dyn Task>) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Where a run's samples come from.
-enum Generators {
-    /// The embedded engine, on each checkpoint.
-    Embedded(EmbeddedEngine),
-    /// OpenAI-compatible servers.
-    Remote(Box<RemoteBackend>),
-}
-
-impl GeneratorBackend for Generators {
-    fn open(&mut self, checkpoint: &std::path::Path) -> flywheel_loop::Result<Box<dyn flywheel_core::Generator>> {
-        match self {
-            Generators::Embedded(engine) => engine.open(checkpoint),
-            Generators::Remote(remote) => remote.open(checkpoint),
-        }
-    }
-}
-
-/// What trains a run's models.
-enum Trainers {
-    /// The embedded engine.
-    Embedded(EmbeddedEngine),
-    /// A command.
-    Command(CommandTrainer),
-}
-
-impl TrainerBackend for Trainers {
-    fn init(
-        &mut self,
-        config: &RunConfig,
-        task: &dyn Task,
-        seed: u64,
-        seed_set: Option<Phase<'_>>,
-        out: &Path,
-        reporter: &dyn flywheel_core::Reporter,
-    ) -> flywheel_loop::Result<Option<flywheel_core::TrainSummary>> {
-        match self {
-            Trainers::Embedded(engine) => engine.init(config, task, seed, seed_set, out, reporter),
-            Trainers::Command(command) => command.init(config, task, seed, seed_set, out, reporter),
-        }
-    }
-
-    fn train(
-        &mut self,
-        start: &Path,
-        phases: &[Phase<'_>],
-        out: &Path,
-        reporter: &dyn flywheel_core::Reporter,
-    ) -> flywheel_loop::Result<Vec<flywheel_core::TrainSummary>> {
-        match self {
-            Trainers::Embedded(engine) => engine.train(start, phases, out, reporter),
-            Trainers::Command(command) => command.train(start, phases, out, reporter),
-        }
-    }
 }
 
 /// `flywheel train`: the config's model fine-tuned on a chat JSONL file, written to `--out` with

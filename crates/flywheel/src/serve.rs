@@ -12,7 +12,6 @@
 //! Streaming sends each completion as one chunk when its batch is done (the sampler decodes
 //! sequences together and returns them whole), then `[DONE]`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -24,7 +23,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flywheel_core::{Completion, FinishReason, GenerationRequest, Message, NullReporter, Role, SamplingParams};
+use flywheel_core::{Completion, GenerationRequest, Message, NullReporter, Role, SamplingParams};
 use flywheel_engine::{Engine, PreparedSampler};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -123,17 +122,16 @@ fn worker(engine: Engine, mut queue: mpsc::UnboundedReceiver<Job>) {
         while let Ok(job) = queue.try_recv() {
             jobs.push(job);
         }
-        let mut groups: HashMap<String, Vec<Job>> = HashMap::new();
-        let mut order = Vec::new();
+        // Groups of equal settings, in the order their first job came.
+        let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
         for job in jobs {
             let key = batch_key(&job);
-            if !groups.contains_key(&key) {
-                order.push(key.clone());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, group)) => group.push(job),
+                None => groups.push((key, vec![job])),
             }
-            groups.entry(key).or_default().push(job);
         }
-        for key in order {
-            let mut group = groups.remove(&key).expect("grouped");
+        for (_, mut group) in groups {
             for job in group.iter_mut().filter(|j| !j.seeded) {
                 fresh_seed = fresh_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 job.params.seed = fresh_seed >> 1;
@@ -156,7 +154,7 @@ fn sample_group(engine: &Engine, sampler: &PreparedSampler<'_>, group: Vec<Job>)
     let mut requests = Vec::new();
     let mut seeds = Vec::new();
     let mut spans = Vec::with_capacity(group.len());
-    let mut rendered: Vec<Result<usize, String>> = Vec::with_capacity(group.len());
+    let mut prompt_tokens: Vec<Result<usize, String>> = Vec::with_capacity(group.len());
     for job in &group {
         let prompts = match &job.input {
             Input::Chat(messages) => {
@@ -170,11 +168,11 @@ fn sample_group(engine: &Engine, sampler: &PreparedSampler<'_>, group: Vec<Job>)
                 spans.push((requests.len(), prompts.len()));
                 seeds.extend((0..prompts.len() as u64).map(|i| job.params.seed.wrapping_add(i)));
                 requests.extend(prompts.into_iter().map(|p| GenerationRequest::new(p, job.n)));
-                rendered.push(Ok(tokens));
+                prompt_tokens.push(Ok(tokens));
             }
             Err(e) => {
                 spans.push((requests.len(), 0));
-                rendered.push(Err(e));
+                prompt_tokens.push(Err(e));
             }
         }
     }
@@ -184,7 +182,7 @@ fn sample_group(engine: &Engine, sampler: &PreparedSampler<'_>, group: Vec<Job>)
     };
     let samples: usize = requests.iter().map(|r| r.n).sum();
     tracing::info!("{} request(s), {samples} completion(s) in {:.2}s", group.len(), started.elapsed().as_secs_f64());
-    for ((job, (start, count)), tokens) in group.into_iter().zip(spans).zip(rendered) {
+    for ((job, (start, count)), tokens) in group.into_iter().zip(spans).zip(prompt_tokens) {
         let answer = tokens.and_then(|prompt_tokens| {
             let all = result.as_ref().map_err(Clone::clone)?;
             Ok(Sampled { completions: all[start..start + count].to_vec(), prompt_tokens })
@@ -307,7 +305,7 @@ fn text_of(content: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Array(parts) => parts
             .iter()
-            .map(|p| (p["type"] == "text").then(|| p["text"].as_str().map(str::to_owned)).flatten())
+            .map(|p| p["text"].as_str().filter(|_| p["type"] == "text").map(str::to_owned))
             .collect::<Option<Vec<String>>>()
             .map(|v| v.concat()),
         _ => None,
@@ -370,24 +368,22 @@ async fn serve_request(shared: Arc<Shared>, input: Input, common: Common, chat: 
         true => (format!("chatcmpl-{id}"), "chat.completion"),
         false => (format!("cmpl-{id}"), "text_completion"),
     };
+    // `finish_reason`: `FinishReason` serialises as the API's "stop" and "length".
     let choices: Vec<(usize, &Completion)> = sampled.completions.iter().flatten().enumerate().collect();
-    let finish = |c: &Completion| match c.finish {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    };
     let completion_tokens: usize = choices.iter().map(|(_, c)| c.tokens).sum();
     if common.stream {
-        let object = format!("{object}.chunk").replace("text_completion.chunk", "text_completion");
+        // The completions API names its chunks as its responses; the chat API has its own name.
+        let object = if chat { "chat.completion.chunk" } else { object };
         let mut events = Vec::new();
         for (index, c) in &choices {
             let (first, last) = match chat {
                 true => (
                     json!({"index": index, "delta": {"role": "assistant", "content": c.text}, "finish_reason": null}),
-                    json!({"index": index, "delta": {}, "finish_reason": finish(c)}),
+                    json!({"index": index, "delta": {}, "finish_reason": c.finish}),
                 ),
                 false => (
                     json!({"index": index, "text": c.text, "finish_reason": null}),
-                    json!({"index": index, "text": "", "finish_reason": finish(c)}),
+                    json!({"index": index, "text": "", "finish_reason": c.finish}),
                 ),
             };
             for choice in [first, last] {
@@ -403,9 +399,9 @@ async fn serve_request(shared: Arc<Shared>, input: Input, common: Common, chat: 
         .iter()
         .map(|(index, c)| match chat {
             true => {
-                json!({"index": index, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish(c)})
+                json!({"index": index, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish})
             }
-            false => json!({"index": index, "text": c.text, "finish_reason": finish(c)}),
+            false => json!({"index": index, "text": c.text, "finish_reason": c.finish}),
         })
         .collect();
     Json(json!({
