@@ -16,10 +16,11 @@ use crate::error::{EngineError, Result};
 use crate::formats::adapter::{load_adapter, save_adapter, AdapterConfig, ADAPTER_CONFIG_FILE};
 use crate::formats::checkpoint::{load_checkpoint, read_chat_template, save_checkpoint, write_tokenizer_config};
 use crate::formats::gguf::load_gguf;
+use crate::formats::gguf_write::{write_gguf, GgufWeights};
 use crate::model::config::{LlamaConfig, TokenIds};
 use crate::model::lora::LoraConfig;
 use crate::model::LlamaModel;
-use crate::sample::generate::{generate, SamplerContext, SamplerOptions};
+use crate::sample::generate::{generate, SamplerContext, SamplerOptions, TextSink};
 use crate::sample::infer::InferenceModel;
 use crate::text::chat_template::ChatTemplate;
 use crate::text::template::{tokenize_example, PromptFormat, RawFormat, TokenizedExample};
@@ -158,6 +159,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes the model, adapters merged, as a GGUF file for llama.cpp ([`write_gguf`]): the
+    /// metadata (tokenizer, chat template, hyperparameters) and tensor list come from `base`, or,
+    /// when `None`, from the GGUF file this model was loaded from (directly, or as the base of the
+    /// adapter directory it was loaded from).
+    pub fn export_gguf(&self, base: Option<&Path>, out: &Path, weights: GgufWeights) -> Result<()> {
+        let base = match (base, &self.source) {
+            (Some(base), _) => base.to_path_buf(),
+            (None, Some(source)) if source.is_file() => source.clone(),
+            (None, source) => {
+                return Err(EngineError::invalid(format!(
+                    "a GGUF export copies the tokenizer and metadata of the GGUF file the model was trained from, \
+                     and {} is not one: name that file (flywheel export --base FILE.gguf), or convert the \
+                     Hugging Face directory with llama.cpp's convert_hf_to_gguf.py",
+                    source.as_deref().map_or("this model".into(), |s| s.display().to_string())
+                )))
+            }
+        };
+        write_gguf(&self.model, &base, out, weights)
+    }
+
     /// Resets attached adapters to fresh ones drawn from `seed`: back to the base model without
     /// reloading it.
     pub fn reset_lora(&self, seed: u64) -> Result<()> {
@@ -272,6 +293,30 @@ impl PreparedSampler<'_> {
         seeds: Option<&[u64]>,
         reporter: &dyn Reporter,
     ) -> Result<Vec<Vec<Completion>>> {
+        self.run(requests, params, seeds, None, reporter)
+    }
+
+    /// [`PreparedSampler::sample`], handing each sequence's text to `sink` as it is decoded
+    /// (the same completions are returned at the end).
+    pub fn sample_streaming(
+        &self,
+        requests: &[GenerationRequest],
+        params: &SamplingParams,
+        seeds: Option<&[u64]>,
+        sink: &dyn TextSink,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<Vec<Completion>>> {
+        self.run(requests, params, seeds, Some(sink), reporter)
+    }
+
+    fn run(
+        &self,
+        requests: &[GenerationRequest],
+        params: &SamplingParams,
+        seeds: Option<&[u64]>,
+        sink: Option<&dyn TextSink>,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<Vec<Completion>>> {
         if seeds.is_some_and(|s| s.len() != requests.len()) {
             return Err(EngineError::invalid("one seed per request is needed"));
         }
@@ -285,6 +330,7 @@ impl PreparedSampler<'_> {
             max_positions: c.max_position_embeddings,
             options: &self.engine.sampler,
             seeds,
+            sink,
         };
         generate(&ctx, requests, params, reporter)
     }

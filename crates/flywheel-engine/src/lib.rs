@@ -42,11 +42,12 @@ pub use formats::checkpoint::{
     write_tokenizer_config, CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
 pub use formats::gguf::{hf_name, load_gguf, unpermute_rows, GgufModel};
+pub use formats::gguf_write::{permute_rows, write_gguf, GgufWeights};
 pub use model::config::{LlamaConfig, TokenIds};
 pub use model::lora::{LoraConfig, Proj};
 pub use model::{parameter_shapes, LlamaModel};
 pub use sample::choose::sequence_rng;
-pub use sample::generate::SamplerOptions;
+pub use sample::generate::{SamplerOptions, TextSink};
 pub use sample::quant::WeightFormat;
 pub use text::chat_template::ChatTemplate;
 pub use text::template::{tokenize_example, PromptFormat, RawFormat, Segment, TokenizedExample};

@@ -633,11 +633,12 @@ impl PendingFile {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
         };
-        let scratch = tempfile::Builder::new()
-            .prefix(SCRATCH_PREFIX)
-            .suffix(SCRATCH_SUFFIX)
-            .tempfile_in(dir)
-            .map_err(|source| LoopError::Io { path: path.to_owned(), source })?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(SCRATCH_PREFIX).suffix(SCRATCH_SUFFIX);
+        // The mode `File::create` gives (0o666 less the umask), not a scratch file's 0o600.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let scratch = builder.tempfile_in(dir).map_err(|source| LoopError::Io { path: path.to_owned(), source })?;
         Ok(Self { path: path.to_owned(), scratch })
     }
 

@@ -87,12 +87,15 @@ impl RemoteGenerator {
         let total: usize = requests.iter().map(|r| r.n).sum();
         reporter.start("sampling", total as u64);
         let mut out: Vec<Vec<Option<Completion>>> = requests.iter().map(|r| vec![None; r.n]).collect();
+        let (jobs_total, mut reused) = (jobs.len(), 0);
         self.runtime.block_on(async {
             let mut done = stream::iter(jobs)
                 .map(|job| async move { (job, self.run_job(&requests[job.request], job, params).await) })
                 .buffer_unordered(self.config.max_concurrency);
             while let Some((job, result)) = done.next().await {
-                for (slot, completion) in out[job.request][job.first..job.first + job.n].iter_mut().zip(result?) {
+                let (samples, from_journal) = result?;
+                reused += usize::from(from_journal);
+                for (slot, completion) in out[job.request][job.first..job.first + job.n].iter_mut().zip(samples) {
                     *slot = Some(completion);
                 }
                 reporter.advance(job.n as u64);
@@ -100,23 +103,26 @@ impl RemoteGenerator {
             Ok::<(), RemoteError>(())
         })?;
         reporter.finish();
+        if reused > 0 {
+            tracing::info!("{reused} of {jobs_total} requests answered from the journal, not sent again");
+        }
         Ok(out.into_iter().map(|slots| slots.into_iter().map(|c| c.expect("every slot is filled")).collect()).collect())
     }
 
     /// The `job.n` samples of one job: the request is sent, and sent again after a retryable
     /// failure (to the next server in turn) or for the samples a server left out, until all have
-    /// come or the retries are spent.
+    /// come or the retries are spent. The flag is true when the journal already held them.
     async fn run_job(
         &self,
         request: &GenerationRequest,
         job: Job,
         params: &SamplingParams,
-    ) -> Result<Vec<Completion>, RemoteError> {
+    ) -> Result<(Vec<Completion>, bool), RemoteError> {
         let user = Message { role: Role::User, content: request.prompt.clone() };
         let (path, body) = self.body(request, &user, params, job.n, slot_seed(params.seed, job.request, job.first));
         let key = journal::key(path, &body, job.first);
         if let Some(samples) = self.journal.as_ref().and_then(|j| j.get(&key)) {
-            return Ok(samples);
+            return Ok((samples, true));
         }
         let mut got: Vec<Completion> = Vec::with_capacity(job.n);
         let (mut attempts, mut failures) = (0, 0);
@@ -155,7 +161,7 @@ impl RemoteGenerator {
         if let Some(journal) = &self.journal {
             journal.record(key, &got)?;
         }
-        Ok(got)
+        Ok((got, false))
     }
 
     /// The API path and body that ask `n` samples of `request` (its prompt as the message `user`)

@@ -60,7 +60,7 @@ impl Journal {
             Err(source) => return Err(RemoteError::Journal { path: path.to_owned(), source }),
         }
         if !known.is_empty() {
-            tracing::info!("{}: {} finished requests kept from before", path.display(), known.len());
+            tracing::debug!("{}: {} finished requests on record", path.display(), known.len());
         }
         Ok(Self { path: path.to_owned(), known: Mutex::new(known) })
     }

@@ -34,7 +34,8 @@ pub enum Command {
     Judge(JudgeArgs),
     /// Measure throughput of flywheel's parts.
     Bench(BenchArgs),
-    /// Write a model as a Hugging Face directory; a LoRA adapter is merged into its base first.
+    /// Write a model as a Hugging Face directory or a GGUF file (--out X.gguf); a LoRA adapter is
+    /// merged into its base first.
     Export(ExportArgs),
     /// Fine-tune a config's model on a chat JSONL file and write the checkpoint (or LoRA adapter):
     /// the embedded trainer as a command, for `[trainer] type = "command"`.
@@ -95,10 +96,31 @@ pub struct ExportArgs {
     /// A PEFT adapter directory (its base found through `base_model_name_or_path`), a GGUF file
     /// or a Hugging Face directory.
     pub model: PathBuf,
-    /// The directory to write (`model.safetensors`, `config.json`, `tokenizer.json`,
-    /// `tokenizer_config.json`).
+    /// Where to write: a path ending in `.gguf` gets one llama.cpp GGUF file (for llama-server,
+    /// ollama, ...), anything else a Hugging Face directory (`model.safetensors`, `config.json`,
+    /// `tokenizer.json`, `tokenizer_config.json`).
     #[arg(long)]
     pub out: PathBuf,
+    /// For a GGUF export: the GGUF file the model was trained from, whose metadata (tokenizer,
+    /// chat template, hyperparameters) the export copies [default: the GGUF the model was loaded
+    /// from, or an adapter's base when it is one].
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// For a GGUF export: how the weight matrices are stored.
+    #[arg(long, value_enum, default_value_t = GgufWeightsArg::Q8_0)]
+    pub weights: GgufWeightsArg,
+}
+
+/// How a GGUF export stores its weight matrices.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GgufWeightsArg {
+    /// 32-bit floats, the trained weights exactly.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// llama.cpp's 8-bit blocks (about a quarter of f32's size).
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 /// Arguments of `flywheel run`.

@@ -1,5 +1,6 @@
 //! The `flywheel` command line.
 
+use std::io::IsTerminal;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -60,7 +61,9 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        // Colours for a terminal only: a log redirected to a file (a trainer's or hook's log in
+        // the run directory) stays plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .init();
 }

@@ -1,6 +1,6 @@
 //! `flywheel run`, `resume`, `eval` and `report`.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use flywheel_core::TrainExample;
 use flywheel_engine::TrainPass;
 use flywheel_loop::config::{GeneratorConfig, ModelConfig, TrainerConfig, TrainingPass};
@@ -9,7 +9,7 @@ use flywheel_loop::rundir::{jsonl_bytes, read_jsonl, PendingFile, RunDir};
 use flywheel_loop::runner::prepare;
 use flywheel_loop::{seeds, tasks, GeneratorBackend, Outcome, Phase, RunConfig, Runner, Task, TrainerBackend};
 
-use crate::cli::{EvalArgs, ExportArgs, ReportArgs, ResumeArgs, RunArgs, TrainArgs};
+use crate::cli::{EvalArgs, ExportArgs, GgufWeightsArg, ReportArgs, ResumeArgs, RunArgs, TrainArgs};
 use crate::command_trainer::{CommandTrainer, SUMMARY_FILE};
 use crate::engine::{EmbeddedEngine, TrainingSettings};
 use crate::progress::Bars;
@@ -154,12 +154,28 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Merges an adapter into its base (or converts a GGUF file) and writes a Hugging Face directory.
+/// Merges an adapter into its base (or converts a GGUF file) and writes a Hugging Face directory,
+/// or, for an output path ending in `.gguf`, a GGUF file with the base GGUF's metadata.
 pub fn export(args: &ExportArgs) -> Result<()> {
     let mut model =
         flywheel_engine::Engine::open(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
-    model.merge_lora()?;
-    model.save(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    let gguf = args.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if !gguf && (args.base.is_some() || !matches!(args.weights, GgufWeightsArg::Q8_0)) {
+        bail!("--base and --weights apply to a GGUF export only: name an output file ending in .gguf");
+    }
+    if gguf {
+        let weights = match args.weights {
+            GgufWeightsArg::F32 => flywheel_engine::GgufWeights::F32,
+            GgufWeightsArg::F16 => flywheel_engine::GgufWeights::F16,
+            GgufWeightsArg::Q8_0 => flywheel_engine::GgufWeights::Q8_0,
+        };
+        model
+            .export_gguf(args.base.as_deref(), &args.out, weights)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+    } else {
+        model.merge_lora()?;
+        model.save(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    }
     tracing::info!("wrote {}", args.out.display());
     Ok(())
 }

@@ -9,9 +9,12 @@
 //! stop strings) in one batch, so concurrent clients fill the sampler's batch. Each request draws
 //! under its own seed, so one with a seed gets the same samples whatever it is batched with (the
 //! `i`-th prompt of a completions request under `seed + i`); one without gets a fresh seed.
-//! Streaming sends each completion as one chunk when its batch is done (the sampler decodes
-//! sequences together and returns them whole), then `[DONE]`.
+//! Streaming sends each completion's text as the sampler decodes it (held back only where it could
+//! be the beginning of a stop string), each choice's finish reason as soon as it ends, then
+//! `[DONE]`; an error after the first chunk arrives as a chunk with an `error` object.
 
+use std::collections::HashSet;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -23,8 +26,9 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flywheel_core::{Completion, GenerationRequest, Message, NullReporter, Role, SamplingParams};
-use flywheel_engine::{Engine, PreparedSampler};
+use flywheel_core::{Completion, FinishReason, GenerationRequest, Message, NullReporter, Role, SamplingParams};
+use flywheel_engine::{Engine, PreparedSampler, TextSink};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -53,7 +57,44 @@ struct Job {
     params: SamplingParams,
     /// Whether the client chose the seed.
     seeded: bool,
+    /// Where text goes as it is decoded, for a streaming request.
+    stream: Option<mpsc::UnboundedSender<Streamed>>,
     reply: oneshot::Sender<Result<Sampled, String>>,
+}
+
+/// What a streaming request receives while its batch decodes.
+#[derive(Debug)]
+enum Streamed {
+    /// More text of choice `choice`.
+    Text { choice: usize, text: String },
+    /// Choice `choice` ended.
+    Done { choice: usize, finish: FinishReason },
+}
+
+/// Routes the sampler's text to the streaming jobs of a batch: for each request of the batch,
+/// its job's channel and the choice index of its first sample (`None` for a job that does not
+/// stream).
+struct StreamRoutes {
+    routes: Vec<Option<(mpsc::UnboundedSender<Streamed>, usize)>>,
+}
+
+impl StreamRoutes {
+    fn send(&self, request: usize, sample: usize, event: impl FnOnce(usize) -> Streamed) {
+        if let Some(Some((channel, first))) = self.routes.get(request) {
+            // A client that went away no longer reads; its samples still complete.
+            let _ = channel.send(event(first + sample));
+        }
+    }
+}
+
+impl TextSink for StreamRoutes {
+    fn text(&self, request: usize, sample: usize, piece: &str) {
+        self.send(request, sample, |choice| Streamed::Text { choice, text: piece.to_owned() });
+    }
+
+    fn finished(&self, request: usize, sample: usize, completion: &Completion) {
+        self.send(request, sample, |choice| Streamed::Done { choice, finish: completion.finish });
+    }
 }
 
 /// The worker's answer: completions per prompt, and prompt tokens.
@@ -155,6 +196,7 @@ fn sample_group(engine: &Engine, sampler: &PreparedSampler<'_>, group: Vec<Job>)
     let mut seeds = Vec::new();
     let mut spans = Vec::with_capacity(group.len());
     let mut prompt_tokens: Vec<Result<usize, String>> = Vec::with_capacity(group.len());
+    let mut routes = StreamRoutes { routes: Vec::new() };
     for job in &group {
         let prompts = match &job.input {
             Input::Chat(messages) => {
@@ -166,6 +208,9 @@ fn sample_group(engine: &Engine, sampler: &PreparedSampler<'_>, group: Vec<Job>)
             Ok(prompts) => {
                 let tokens = prompts.iter().map(|p| engine.tokenizer().encode(p).map_or(0, |ids| ids.len())).sum();
                 spans.push((requests.len(), prompts.len()));
+                for i in 0..prompts.len() {
+                    routes.routes.push(job.stream.clone().map(|channel| (channel, i * job.n)));
+                }
                 seeds.extend((0..prompts.len() as u64).map(|i| job.params.seed.wrapping_add(i)));
                 requests.extend(prompts.into_iter().map(|p| GenerationRequest::new(p, job.n)));
                 prompt_tokens.push(Ok(tokens));
@@ -176,10 +221,14 @@ fn sample_group(engine: &Engine, sampler: &PreparedSampler<'_>, group: Vec<Job>)
             }
         }
     }
-    let result = match requests.is_empty() {
-        true => Ok(Vec::new()),
-        false => sampler.sample(&requests, &params, Some(&seeds), &NullReporter).map_err(|e| e.to_string()),
-    };
+    let streaming = routes.routes.iter().any(Option::is_some);
+    let result = match (requests.is_empty(), streaming) {
+        (true, _) => Ok(Vec::new()),
+        (false, false) => sampler.sample(&requests, &params, Some(&seeds), &NullReporter),
+        (false, true) => sampler.sample_streaming(&requests, &params, Some(&seeds), &routes, &NullReporter),
+    }
+    .map_err(|e| e.to_string());
+    drop(routes);
     let samples: usize = requests.iter().map(|r| r.n).sum();
     tracing::info!("{} request(s), {samples} completion(s) in {:.2}s", group.len(), started.elapsed().as_secs_f64());
     for ((job, (start, count)), tokens) in group.into_iter().zip(spans).zip(prompt_tokens) {
@@ -353,48 +402,37 @@ async fn serve_request(shared: Arc<Shared>, input: Input, common: Common, chat: 
         ignore_eos: false,
     };
     let (reply, answer) = oneshot::channel();
-    let job = Job { input, n, params, seeded: common.seed.is_some(), reply };
+    let (stream, events) = match common.stream {
+        true => {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            (Some(sender), Some(receiver))
+        }
+        false => (None, None),
+    };
+    let job = Job { input, n, params, seeded: common.seed.is_some(), stream, reply };
     if shared.jobs.send(job).is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the sampler stopped");
     }
-    let sampled = match answer.await {
-        Ok(Ok(sampled)) => sampled,
-        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the sampler stopped while sampling"),
-    };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (id, object) = match chat {
         true => (format!("chatcmpl-{id}"), "chat.completion"),
         false => (format!("cmpl-{id}"), "text_completion"),
     };
+    if let Some(events) = events {
+        // The completions API names its chunks as its responses; the chat API has its own name.
+        let object = if chat { "chat.completion.chunk" } else { object };
+        let chunks = Chunks { id, object, created, model: shared.model.clone(), chat, started: HashSet::new() };
+        return stream_response(events, answer, chunks).await;
+    }
+    let sampled = match answer.await {
+        Ok(Ok(sampled)) => sampled,
+        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the sampler stopped while sampling"),
+    };
     // `finish_reason`: `FinishReason` serialises as the API's "stop" and "length".
     let choices: Vec<(usize, &Completion)> = sampled.completions.iter().flatten().enumerate().collect();
     let completion_tokens: usize = choices.iter().map(|(_, c)| c.tokens).sum();
-    if common.stream {
-        // The completions API names its chunks as its responses; the chat API has its own name.
-        let object = if chat { "chat.completion.chunk" } else { object };
-        let mut events = Vec::new();
-        for (index, c) in &choices {
-            let (first, last) = match chat {
-                true => (
-                    json!({"index": index, "delta": {"role": "assistant", "content": c.text}, "finish_reason": null}),
-                    json!({"index": index, "delta": {}, "finish_reason": c.finish}),
-                ),
-                false => (
-                    json!({"index": index, "text": c.text, "finish_reason": null}),
-                    json!({"index": index, "text": "", "finish_reason": c.finish}),
-                ),
-            };
-            for choice in [first, last] {
-                let chunk =
-                    json!({"id": id, "object": object, "created": created, "model": shared.model, "choices": [choice]});
-                events.push(Ok::<_, std::convert::Infallible>(Event::default().data(chunk.to_string())));
-            }
-        }
-        events.push(Ok(Event::default().data("[DONE]")));
-        return Sse::new(futures_util::stream::iter(events)).into_response();
-    }
     let choices: Vec<Value> = choices
         .iter()
         .map(|(index, c)| match chat {
@@ -417,4 +455,77 @@ async fn serve_request(shared: Arc<Shared>, input: Input, common: Common, chat: 
         },
     }))
     .into_response()
+}
+
+/// The server-sent events of a streaming request: a chunk per piece of text and per finished
+/// choice as the worker sends them, then `[DONE]`. A request that fails before its first chunk
+/// gets an ordinary error response; one that fails later, an `error` chunk in place of `[DONE]`.
+async fn stream_response(
+    mut events: mpsc::UnboundedReceiver<Streamed>,
+    answer: oneshot::Receiver<Result<Sampled, String>>,
+    mut chunks: Chunks,
+) -> Response {
+    let Some(first) = events.recv().await else {
+        return match answer.await {
+            Ok(Err(message)) => error(StatusCode::BAD_REQUEST, message),
+            Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the sampler stopped while sampling"),
+            Ok(Ok(_)) => Sse::new(futures_util::stream::iter([Ok::<_, Infallible>(Event::default().data("[DONE]"))]))
+                .into_response(),
+        };
+    };
+    let first = chunks.event(first);
+    let rest = futures_util::stream::unfold((events, Some(answer), chunks), |(mut events, answer, mut chunks)| async {
+        if let Some(streamed) = events.recv().await {
+            let event = chunks.event(streamed);
+            return Some((event, (events, answer, chunks)));
+        }
+        let last = match answer?.await {
+            Ok(Ok(_)) => Event::default().data("[DONE]"),
+            Ok(Err(message)) => Chunks::error(&message),
+            Err(_) => Chunks::error("the sampler stopped while sampling"),
+        };
+        Some((last, (events, None, chunks)))
+    });
+    let stream = futures_util::stream::once(async { first }).chain(rest).map(Ok::<_, Infallible>);
+    Sse::new(stream).into_response()
+}
+
+/// Writes the chunks of one streaming response.
+struct Chunks {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+    chat: bool,
+    /// Chat choices whose first chunk (with the assistant role) went out.
+    started: HashSet<usize>,
+}
+
+impl Chunks {
+    fn event(&mut self, streamed: Streamed) -> Event {
+        let choice = match (self.chat, streamed) {
+            (true, Streamed::Text { choice, text }) => {
+                let mut delta = json!({"content": text});
+                if self.started.insert(choice) {
+                    delta["role"] = json!("assistant");
+                }
+                json!({"index": choice, "delta": delta, "finish_reason": null})
+            }
+            (true, Streamed::Done { choice, finish }) => {
+                let delta = match self.started.insert(choice) {
+                    true => json!({"role": "assistant", "content": ""}),
+                    false => json!({}),
+                };
+                json!({"index": choice, "delta": delta, "finish_reason": finish})
+            }
+            (false, Streamed::Text { choice, text }) => json!({"index": choice, "text": text, "finish_reason": null}),
+            (false, Streamed::Done { choice, finish }) => json!({"index": choice, "text": "", "finish_reason": finish}),
+        };
+        let chunk = json!({"id": self.id, "object": self.object, "created": self.created, "model": self.model, "choices": [choice]});
+        Event::default().data(chunk.to_string())
+    }
+
+    fn error(message: &str) -> Event {
+        Event::default().data(json!({"error": {"message": message, "type": "server_error"}}).to_string())
+    }
 }

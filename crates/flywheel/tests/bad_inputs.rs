@@ -265,6 +265,16 @@ fn models() {
     // Exporting a damaged model writes nothing.
     ws.refused(&["export", "cut-weights.gguf", "--out", "exported"], None, &["cut-weights.gguf"]);
     assert!(!ws.path().join("exported").exists());
+
+    // A GGUF export of a Hugging Face directory needs the GGUF it was trained from; one whose
+    // shapes are not the model's is refused naming a tensor; GGUF options need a GGUF output.
+    std::fs::remove_file(model.join(MODEL_FILE)).expect("rm");
+    tiny_model(&model);
+    ws.refused(&["export", "tiny", "--out", "tiny.gguf"], None, &["--base", "convert_hf_to_gguf"]);
+    let base = gguf.to_str().expect("utf-8 path");
+    ws.refused(&["export", "tiny", "--out", "tiny.gguf", "--base", base], None, &["tensor `", "not the model"]);
+    ws.refused(&["export", "tiny", "--out", "tiny-hf", "--weights", "f16"], None, &["--weights", ".gguf"]);
+    assert!(!ws.path().join("tiny.gguf").exists() && !ws.path().join("tiny-hf").exists());
 }
 
 /// Runs the tiny config to the end in `ws/run`.

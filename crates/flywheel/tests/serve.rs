@@ -97,21 +97,38 @@ fn the_api_answers_chat_completions_n_seeds_and_concurrent_requests() {
     assert_eq!(models["data"][0]["id"], "tiny");
 }
 
+/// Streaming sends each choice's text in pieces as it is decoded, then its finish reason, then
+/// `[DONE]`; the pieces joined are what the same seeded request answers without streaming.
 #[test]
-fn streaming_sends_chunks_then_done_and_bad_requests_are_named() {
+fn streaming_sends_text_as_it_is_decoded_and_bad_requests_are_named() {
     let served = serve();
-    let body =
-        r#"{"model":"tiny","messages":[{"role":"user","content":"1+2="}],"n":2,"max_tokens":5,"stream":true,"seed":1}"#;
-    let (status, stream) = http(&served.address, "POST", "/v1/chat/completions", body);
+    let request = |stream: bool| {
+        format!(
+            r#"{{"model":"tiny","messages":[{{"role":"user","content":"1+2="}}],"n":2,"max_tokens":12,"temperature":1.0,"stream":{stream},"seed":1}}"#
+        )
+    };
+    let (status, stream) = http(&served.address, "POST", "/v1/chat/completions", &request(true));
     assert!(status.contains("200"), "{status}");
     let events: Vec<&str> = stream.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
     assert_eq!(events.last(), Some(&"[DONE]"), "{stream}");
     let chunks: Vec<serde_json::Value> =
         events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
-    assert_eq!(chunks.len(), 4, "a content chunk and a finish chunk per choice: {stream}");
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
-    let finished: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).collect();
-    assert_eq!(finished.len(), 2);
+    let (_, whole) = http(&served.address, "POST", "/v1/chat/completions", &request(false));
+    let whole: serde_json::Value = serde_json::from_str(&whole).unwrap();
+    for index in 0..2 {
+        let mine: Vec<&serde_json::Value> =
+            chunks.iter().map(|c| &c["choices"][0]).filter(|c| c["index"] == index).collect();
+        let text: String = mine.iter().filter_map(|c| c["delta"]["content"].as_str()).collect();
+        assert_eq!(text, whole["choices"][index]["message"]["content"].as_str().unwrap(), "choice {index}: {stream}");
+        assert_eq!(mine[0]["delta"]["role"], "assistant", "the first chunk names the role");
+        let finishes: Vec<&serde_json::Value> =
+            mine.iter().map(|c| &c["finish_reason"]).filter(|f| !f.is_null()).collect();
+        assert_eq!(finishes, [&whole["choices"][index]["finish_reason"]], "one finish, the last chunk");
+        assert!(mine.last().unwrap()["finish_reason"].is_string());
+        let pieces = mine.iter().filter(|c| c["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())).count();
+        assert!(pieces > 1 || text.chars().count() <= 1, "choice {index}: text in pieces, got {pieces}: {stream}");
+    }
 
     for (path, body, status, message) in [
         (

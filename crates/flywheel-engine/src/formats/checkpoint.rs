@@ -178,17 +178,18 @@ pub fn write_tokenizer_config(dir: &Path, chat_template: &str, bos_token: &str, 
 
 /// A scratch file beside `path` with a name of its own (removed unless persisted), so that an
 /// atomic write never touches a file it did not make.
-fn scratch_path(path: &Path) -> Result<tempfile::TempPath> {
+pub(crate) fn scratch_path(path: &Path) -> Result<tempfile::TempPath> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    tempfile::Builder::new()
-        .prefix(".flywheel-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map(tempfile::NamedTempFile::into_temp_path)
-        .map_err(io_err(path))
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".flywheel-").suffix(".tmp");
+    // The mode `File::create` gives (0o666 less the umask), not a scratch file's owner-only 0o600:
+    // a saved model is for whoever may read its directory (a server under another user, a container).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir).map(tempfile::NamedTempFile::into_temp_path).map_err(io_err(path))
 }
 
 /// Refuses a tensor holding NaN or infinity (a damaged file): training and sampling on it would

@@ -85,6 +85,8 @@ struct Active<'t> {
     ids: Vec<u32>,
     stream: Stream<'t>,
     text: String,
+    /// Bytes of `text` handed to the [`TextSink`] so far.
+    streamed: usize,
     /// Position the next fed token takes.
     next_pos: usize,
 }
@@ -100,6 +102,19 @@ pub(crate) struct SamplerContext<'a> {
     /// A seed per request, in place of the parameters' seed: request `i`'s samples are then
     /// those it would get alone under `seeds[i]`, whatever it is batched with.
     pub seeds: Option<&'a [u64]>,
+    /// Where text goes as it is decoded, for a caller that streams it.
+    pub sink: Option<&'a dyn TextSink>,
+}
+
+/// Receives each sequence's text as it is decoded (a server streaming tokens to its clients).
+/// Calls come from the sampling thread, in order per sequence; the pieces of a sequence joined
+/// are its completion's text exactly. Text that could be the beginning of a stop string is held
+/// back until it is known not to be one.
+pub trait TextSink: Sync {
+    /// More text of sample `sample` of request `request`.
+    fn text(&self, request: usize, sample: usize, piece: &str);
+    /// The sample is complete (its last text already sent).
+    fn finished(&self, request: usize, sample: usize, completion: &Completion);
 }
 
 /// Draws `requests[i].n` completions for every request (see [`flywheel_core::Generator`]).
@@ -220,6 +235,7 @@ impl Decoder<'_> {
                     ids: Vec::new(),
                     stream: ctx.tokenizer.inner().decode_stream(true),
                     text: String::new(),
+                    streamed: 0,
                     next_pos: p.prompt_len,
                 };
                 p.next_sample += 1;
@@ -228,6 +244,9 @@ impl Decoder<'_> {
                 }
                 if params.max_new_tokens == 0 {
                     let done = Completion { text: String::new(), tokens: 0, finish: FinishReason::Length };
+                    if let Some(sink) = ctx.sink {
+                        sink.finished(seq.request, seq.sample, &done);
+                    }
                     self.results[seq.request][seq.sample] = Some(done);
                     self.reporter.advance(1);
                 } else {
@@ -269,9 +288,21 @@ impl Decoder<'_> {
             }
             if let Some(reason) = finish {
                 let seq = self.active.swap_remove(i);
-                self.results[seq.request][seq.sample] = Some(complete(ctx, &params.stop, &seq.ids, reason)?);
+                let done = complete(ctx, &params.stop, &seq.ids, reason)?;
+                if let Some(sink) = ctx.sink {
+                    // The rest of the final text (the streamed part is a prefix of it: both are
+                    // the same tokens decoded, and held-back text never passed a stop string).
+                    if let Some(rest) = done.text.get(seq.streamed..).filter(|r| !r.is_empty()) {
+                        sink.text(seq.request, seq.sample, rest);
+                    }
+                    sink.finished(seq.request, seq.sample, &done);
+                }
+                self.results[seq.request][seq.sample] = Some(done);
                 finished += 1;
             } else {
+                if let Some(sink) = ctx.sink {
+                    stream_text(sink, seq, &params.stop);
+                }
                 i += 1;
             }
         }
@@ -298,6 +329,19 @@ impl Decoder<'_> {
             seq.next_pos += 1;
         }
         Ok(())
+    }
+}
+
+/// Hands `seq`'s new text to `sink`, holding back the tail that could still grow into a stop string.
+fn stream_text(sink: &dyn TextSink, seq: &mut Active<'_>, stops: &[String]) {
+    let hold = stops.iter().map(String::len).max().unwrap_or(0).saturating_sub(1);
+    let mut end = seq.text.len().saturating_sub(hold);
+    while !seq.text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end > seq.streamed {
+        sink.text(seq.request, seq.sample, &seq.text[seq.streamed..end]);
+        seq.streamed = end;
     }
 }
 
@@ -437,6 +481,7 @@ mod tests {
                 max_positions: self.max_positions,
                 options,
                 seeds: None,
+                sink: None,
             }
         }
 
@@ -524,6 +569,63 @@ mod tests {
                 assert_eq!(got, reference, "{format:?}, max_prefill_tokens {max_prefill_tokens}");
                 assert_eq!(Arc::strong_count(&shared), 1, "the prompt caches were dropped");
             }
+        }
+    }
+
+    /// A sink that records what it is handed.
+    #[derive(Default)]
+    struct Recorder {
+        pieces: std::sync::Mutex<Vec<((usize, usize), String)>>,
+        finished: std::sync::Mutex<Vec<((usize, usize), Completion)>>,
+    }
+
+    impl TextSink for Recorder {
+        fn text(&self, request: usize, sample: usize, piece: &str) {
+            assert!(!piece.is_empty(), "no empty pieces");
+            self.pieces.lock().unwrap().push(((request, sample), piece.to_string()));
+        }
+
+        fn finished(&self, request: usize, sample: usize, completion: &Completion) {
+            let mut finished = self.finished.lock().unwrap();
+            assert!(finished.iter().all(|(k, _)| *k != (request, sample)), "finished once");
+            finished.push(((request, sample), completion.clone()));
+        }
+    }
+
+    /// Streaming hands each sequence's text over piece by piece, never past a stop string, and
+    /// the pieces joined are the returned completion exactly; the completions are those of the
+    /// same call without a sink.
+    #[test]
+    fn streamed_pieces_join_into_each_completion() {
+        let f = Fixture::new(WeightFormat::Q8_0);
+        let requests = few_shot();
+        // Stop strings the samples do reach, several characters long, so that text is held back.
+        let free = f.generate(&options(true, 3, 8192), &requests, &params(1.0, 11));
+        let (a, b) = (&free[0][0].text, &free[4][1].text);
+        assert!(a.len() > 8 && b.len() > 8, "long enough samples: {a:?} {b:?}");
+        for stop in [vec![], vec![a[4..6].to_string()], vec![b[5..8].to_string(), "=".to_string()]] {
+            let p = SamplingParams { stop: stop.clone(), ..params(1.0, 11) };
+            let options = options(true, 3, 8192);
+            let plain = f.generate(&options, &requests, &p);
+            let recorder = Recorder::default();
+            let ctx = SamplerContext { sink: Some(&recorder), ..f.ctx(&options) };
+            let streamed = generate(&ctx, &requests, &p, &NullReporter).unwrap();
+            assert_eq!(streamed, plain, "stop {stop:?}: a sink changes no completion");
+            let pieces = recorder.pieces.into_inner().unwrap();
+            let finished = recorder.finished.into_inner().unwrap();
+            assert_eq!(finished.len(), 10, "every sample finished once");
+            let mut several = 0;
+            for (r, completions) in plain.iter().enumerate() {
+                for (s, c) in completions.iter().enumerate() {
+                    let mine: Vec<&str> =
+                        pieces.iter().filter(|(k, _)| *k == (r, s)).map(|(_, t)| t.as_str()).collect();
+                    assert_eq!(mine.concat(), c.text, "stop {stop:?}, request {r} sample {s}");
+                    several += usize::from(mine.len() > 1);
+                    let done = finished.iter().find(|(k, _)| *k == (r, s)).map(|(_, c)| c);
+                    assert_eq!(done, Some(c));
+                }
+            }
+            assert!(several >= 5, "stop {stop:?}: text arrives in pieces ({several} of 10 samples in several)");
         }
     }
 
