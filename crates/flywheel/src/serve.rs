@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use axum::body::Bytes;
 use axum::extract::{Json, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
@@ -305,13 +306,10 @@ async fn models(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn chat(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
+async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body: ChatBody = match parse(&body) {
         Ok(body) => body,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(response) => return response,
     };
     let mut messages = Vec::with_capacity(body.messages.len());
     for (i, m) in body.messages.into_iter().enumerate() {
@@ -333,19 +331,22 @@ async fn chat(
     serve_request(shared, Input::Chat(messages), body.common, true).await
 }
 
-async fn completions(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
+async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body: CompletionBody = match parse(&body) {
         Ok(body) => body,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(response) => return response,
     };
     let prompts = body.prompt.into_vec();
     if prompts.is_empty() {
         return error(StatusCode::BAD_REQUEST, "prompt: at least one prompt is needed");
     }
     serve_request(shared, Input::Text(prompts), body.common, false).await
+}
+
+/// A request body as JSON, whatever its `Content-Type` says (`curl -d` sends a form type; llama.cpp's
+/// and vLLM's servers read the body as JSON all the same), or a 400 naming where it is wrong.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("the request body: {e}")))
 }
 
 /// A message's text: a string, or the text parts of a list of parts.

@@ -54,11 +54,16 @@ fn serve() -> Served {
 
 /// One HTTP exchange by hand: status line and body.
 fn http(address: &str, method: &str, path: &str, body: &str) -> (String, String) {
+    http_with(address, method, path, body, "application/json")
+}
+
+/// [`http`] with another content type.
+fn http_with(address: &str, method: &str, path: &str, body: &str, content_type: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -90,6 +95,13 @@ fn the_api_answers_chat_completions_n_seeds_and_concurrent_requests() {
     assert_ne!(other, out, "another seed, other samples");
     let text = client(&served, Api::Completions).sample(&requests[..2], &params, &NullReporter).unwrap();
     assert!(text.iter().all(|c| c.len() == 3));
+
+    // A body sent without a JSON content type (as `curl -d` sends it) is read as JSON all the same.
+    let body = r#"{"prompt":"1+1=","max_tokens":3}"#;
+    let (status, text) =
+        http_with(&served.address, "POST", "/v1/completions", body, "application/x-www-form-urlencoded");
+    assert!(status.contains("200"), "{status} {text}");
+    assert!(text.contains("text_completion"), "{text}");
 
     let (status, body) = http(&served.address, "GET", "/v1/models", "");
     assert!(status.contains("200"), "{status}");
@@ -140,7 +152,7 @@ fn streaming_sends_text_as_it_is_decoded_and_bad_requests_are_named() {
         ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#, "400", "n must be"),
         ("/v1/chat/completions", r#"{"messages":[{"role":"robot","content":"x"}]}"#, "400", "messages[0].role"),
         ("/v1/completions", r#"{"prompt":"1+1=","temperature":5}"#, "400", "temperature"),
-        ("/v1/completions", r#"{"prompt":"#, "400", ""),
+        ("/v1/completions", r#"{"prompt":"#, "400", "line 1 column"),
     ] {
         let (got, text) = http(&served.address, "POST", path, body);
         assert!(got.contains(status), "{body}: {got} {text}");
