@@ -14,6 +14,8 @@ use crate::quality::watch::Severity;
 const PALETTE: [&str; 8] = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"];
 
 const WIDTH: f64 = 440.0;
+/// Most characters of a series name in a chart's legend (at 6 px a character, one line of the plot).
+const LEGEND_CHARS: usize = 52;
 const HEIGHT: f64 = 240.0;
 const LEFT: f64 = 52.0;
 const RIGHT: f64 = 12.0;
@@ -251,7 +253,9 @@ fn line_chart(title: &str, series: &[Series], scale: Scale, marks: &[Mark]) -> S
     let (mut lx, mut ly) = (LEFT, 32.0);
     if series.len() > 1 {
         for (i, s) in series.iter().enumerate() {
-            let name = truncate(&s.name, 24);
+            // Up to a line of the plot's width: run names that share a long prefix (a run and its
+            // variants) must stay told apart; longer ones wrap to the next legend line.
+            let name = truncate(&s.name, LEGEND_CHARS);
             let width = 16.0 + 6.0 * name.chars().count() as f64 + 14.0;
             if lx + width > WIDTH - RIGHT && lx > LEFT {
                 (lx, ly) = (LEFT, ly + 13.0);
@@ -475,5 +479,19 @@ mod tests {
         assert!(svg.contains("stroke=\"#b00020\""), "the critical warning's iteration is marked");
         // 50% of a 174-pixel-high plot below the top margin of 30.
         assert!(svg.contains(&format!("cy=\"{:.1}\"", TOP + (HEIGHT - TOP - BOTTOM) / 2.0)));
+    }
+
+    /// Runs named as variants of one another (a long shared prefix) keep names told apart in a
+    /// chart's legend, each fitting the plot's width; only a name longer than a line is cut.
+    #[test]
+    fn legends_tell_variant_runs_apart() {
+        let names = ["collapse-demo-mitigated", "collapse-demo-mitigated-no-schedule", &"x".repeat(80)];
+        let series: Vec<Series> =
+            names.iter().map(|n| Series { name: n.to_string(), points: vec![(0.0, 0.1), (1.0, 0.2)] }).collect();
+        let svg = line_chart("distinct-2", &series, Scale::Unit, &[]);
+        assert!(svg.contains(">collapse-demo-mitigated</text>"), "{svg}");
+        assert!(svg.contains(">collapse-demo-mitigated-no-schedule</text>"), "{svg}");
+        assert!(svg.contains(&format!(">{}…</text>", "x".repeat(LEGEND_CHARS - 1))), "{svg}");
+        assert!(16.0 + 6.0 * LEGEND_CHARS as f64 + 14.0 <= WIDTH - LEFT - RIGHT, "a legend entry fits a line");
     }
 }
