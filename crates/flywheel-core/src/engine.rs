@@ -42,6 +42,15 @@ impl Default for SamplingParams {
     }
 }
 
+/// A tool the sampler consults as a completion grows: given the completion's text so far, it may
+/// write the next piece in the model's place, as a calculator fills in the result of `21 + 7 =`
+/// (GSM8K's solutions were sampled so: Cobbe et al. 2021). What it writes is tokenized and fed to
+/// the model as if sampled, and the model goes on from there; the completion's text holds it.
+pub trait Tool: Send + Sync + std::fmt::Debug {
+    /// The text to append to `text` (a completion so far), or `None` to let the model go on.
+    fn write(&self, text: &str) -> Option<String>;
+}
+
 /// One prompt and how many completions to draw from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationRequest {

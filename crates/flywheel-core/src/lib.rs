@@ -15,7 +15,7 @@ mod report;
 
 pub use engine::{
     Architecture, Checkpoint, Completion, FinishReason, GenerationRequest, Generator, LogLikelihood, SamplingParams,
-    TrainSummary, Trainer, TrainingParams,
+    Tool, TrainSummary, Trainer, TrainingParams,
 };
 pub use error::{render_chain, CoreError, Result};
 pub use example::{Message, Problem, Role, TrainExample};

@@ -6,10 +6,11 @@
 //! [`flywheel_core::CoreError`]s here, at the trait boundary.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flywheel_core::{
-    Completion, GenerationRequest, Generator, LogLikelihood, Message, Reporter, Role, SamplingParams, TrainExample,
-    TrainSummary, Trainer, TrainingParams,
+    Completion, GenerationRequest, Generator, LogLikelihood, Message, Reporter, Role, SamplingParams, Tool,
+    TrainExample, TrainSummary, Trainer, TrainingParams,
 };
 
 use crate::error::{EngineError, Result};
@@ -42,6 +43,9 @@ pub struct Engine {
     pub sampler: SamplerOptions,
     /// Optimiser settings of the trainer.
     pub train: TrainOptions,
+    /// A tool that writes parts of each sampled completion in the model's place (a calculator);
+    /// `None`: the model writes all of it.
+    pub tool: Option<Arc<dyn Tool>>,
 }
 
 impl Engine {
@@ -62,7 +66,16 @@ impl Engine {
         let train = TrainOptions { pad_id, ..TrainOptions::default() };
         let sampler =
             SamplerOptions { weights: default_weight_format(c.num_parameters()), ..SamplerOptions::default() };
-        Ok(Self { model, tokenizer, format: Box::new(RawFormat), chat_template: None, source: None, sampler, train })
+        Ok(Self {
+            model,
+            tokenizer,
+            format: Box::new(RawFormat),
+            chat_template: None,
+            source: None,
+            sampler,
+            train,
+            tool: None,
+        })
     }
 
     /// A freshly initialised character-level model over `alphabet`: the tokenizer of
@@ -331,6 +344,7 @@ impl PreparedSampler<'_> {
             options: &self.engine.sampler,
             seeds,
             sink,
+            tool: self.engine.tool.as_deref(),
         };
         generate(&ctx, requests, params, reporter)
     }

@@ -27,6 +27,7 @@ pub mod stop;
 pub mod strategy;
 pub mod task;
 pub mod tasks;
+pub mod tools;
 
 use std::path::PathBuf;
 

@@ -14,6 +14,7 @@ fn shipped_examples_parse() {
         "addition-star.toml",
         "addition-star-no-rationalization.toml",
         "smollm2-arith-star.toml",
+        "smollm2-arith-star-calculator.toml",
         "smollm2-gsm8k-star.toml",
         "collapse-demo.toml",
         "collapse-demo-mitigated.toml",
@@ -145,4 +146,20 @@ command = ["accelerate", "launch", "sft.py", "--data", "{data}", "--out", "{out}
     // A key the table does not have is named with its line.
     let err = with_tables(&generator.replace("model = ", "modle = ")).expect_err("typo");
     assert!(err.contains("modle") && err.contains("line"), "{err}");
+}
+
+#[test]
+fn the_calculator_is_refused_with_a_remote_generator() {
+    let text = std::fs::read_to_string(examples().join("smollm2-arith-remote.toml")).expect("example");
+    let with = text.replacen("[model]\n", "[model]\ncalculator = true\n", 1);
+    assert_ne!(with, text);
+    let err = RunConfig::parse(&with, Path::new("remote.toml")).expect_err("calculator + generator").to_string();
+    assert!(err.contains("model.calculator") && err.contains("remote generator"), "{err}");
+    // Without a remote generator it is accepted, and written back to the run directory's copy.
+    let embedded = std::fs::read_to_string(examples().join("smollm2-arith-star.toml")).expect("example");
+    let config = RunConfig::parse(&embedded.replacen("[model]\n", "[model]\ncalculator = true\n", 1), Path::new("x"))
+        .expect("embedded calculator");
+    assert!(config.model.calculator());
+    assert!(RunConfig::parse(&config.to_toml(), Path::new("roundtrip")).expect("roundtrip").model.calculator());
+    assert!(!RunConfig::load(&examples().join("smollm2-arith-star.toml")).expect("example").model.calculator());
 }

@@ -77,6 +77,40 @@ pub fn computes(text: &str, value: f64) -> bool {
     })
 }
 
+/// The value of the expression `text` ends with, when it ends with one and then `=` (blanks
+/// after it allowed): the result a calculator fills in. Only the last line is read, and the
+/// expression is what follows the last word, `=` or line break before it; it needs an operator.
+///
+/// ```
+/// use flywheel_verify::arithmetic::pending;
+///
+/// assert_eq!(pending("She buys 21 + 7 ="), Some(28.0));
+/// assert_eq!(pending("104 - 2 * 3 = 104 - 6 = "), Some(98.0));
+/// assert_eq!(pending("Day 1 ="), None);
+/// assert_eq!(pending("21 + 7 = 28"), None);
+/// ```
+pub fn pending(text: &str) -> Option<f64> {
+    let trimmed = text.trim_end_matches([' ', '\t']);
+    if !trimmed.ends_with('=') {
+        return None;
+    }
+    let line = &trimmed[trimmed.rfind('\n').map_or(0, |i| i + 1)..];
+    let tokens = lex(line);
+    let (last, before) = tokens.split_last()?;
+    if last.kind != Kind::Equals {
+        return None;
+    }
+    let begin = before.iter().rposition(|t| matches!(t.kind, Kind::Other | Kind::Equals)).map_or(0, |i| i + 1);
+    let side = &before[begin..];
+    let operator = side.iter().any(|t| matches!(t.kind, Kind::Op(_)));
+    // An expression after a word that starts with an operator continues the word ("3x - 4 =").
+    let continues_a_word = matches!(side.first().map(|t| t.kind), Some(Kind::Op(_)));
+    if !operator || continues_a_word {
+        return None;
+    }
+    evaluate(side).map(|s| s.value)
+}
+
 /// Every equation chain written in `text`, in order.
 pub fn equations(text: &str) -> Vec<Equation<'_>> {
     let tokens = lex(text);
@@ -415,5 +449,20 @@ mod tests {
         assert_eq!(first_false("The answer is 42."), None);
         assert_eq!(first_false("6 * 7 = 42.\nThe answer is 42."), None);
         assert!(first_false("6 * 7 = 48.\nThe answer is 48.").is_some());
+    }
+
+    #[test]
+    fn pending_reads_the_expression_before_a_trailing_equals_sign() {
+        assert_eq!(pending("Each car seats 12 people, so 12 * 6 ="), Some(72.0));
+        assert_eq!(pending("21 + 7 = 28.\n28 * 3 =  "), Some(84.0));
+        assert_eq!(pending("$1,200 + $300 ="), Some(1500.0));
+        assert_eq!(pending("(3 + 4) x 5 ="), Some(35.0));
+        assert_eq!(pending("86 - 5 * 9 ="), Some(41.0));
+        assert_eq!(pending("104 - 2 * 3 = 104 - 6 ="), Some(98.0));
+        assert_eq!(pending("11 / 4 ="), Some(2.75));
+        // No expression, or not at the end: nothing to fill in.
+        for text in ["Day 1 =", "x =", "21 + 7 = 28", "21 + 7", "2 ==", "3x - 4 =", "=", "", "7 / 0 =", "21 +\n7 ="] {
+            assert_eq!(pending(text), None, "{text:?}");
+        }
     }
 }

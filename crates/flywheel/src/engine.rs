@@ -2,10 +2,12 @@
 //! ([`GeneratorBackend`]) and creates and fine-tunes them ([`TrainerBackend`]).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use flywheel_core::{Checkpoint, Generator, Reporter, TrainSummary, Trainer};
 use flywheel_engine::{Engine as Model, LlamaConfig, LoraConfig, Proj, TrainPass};
 use flywheel_loop::config::{ModelConfig, PretrainedModelConfig};
+use flywheel_loop::tools::Calculator;
 use flywheel_loop::{GeneratorBackend, Phase, RunConfig, Task, TrainerBackend};
 
 /// How the embedded engine trains, beyond the optimiser's settings.
@@ -24,16 +26,25 @@ pub struct TrainingSettings {
 pub struct EmbeddedEngine {
     max_batch: usize,
     training: TrainingSettings,
+    calculator: bool,
 }
 
 impl EmbeddedEngine {
     /// An engine that decodes at most `max_batch` sequences at once and trains as `training` says.
     pub fn new(max_batch: usize, training: TrainingSettings) -> Self {
-        Self { max_batch, training }
+        Self { max_batch, training, calculator: false }
+    }
+
+    /// The same engine whose sampler writes with a [`Calculator`] when `on`.
+    pub fn with_calculator(self, on: bool) -> Self {
+        Self { calculator: on, ..self }
     }
 
     fn configure(&self, mut model: Model) -> Model {
         model.sampler.max_batch = self.max_batch;
+        if self.calculator {
+            model.tool = Some(Arc::new(Calculator));
+        }
         if let Some(tokens) = self.training.micro_batch_tokens {
             model.train.micro_batch_tokens = tokens;
         }

@@ -102,7 +102,7 @@ fn engine_for(config: &RunConfig) -> Result<EmbeddedEngine> {
         },
         ModelConfig::Embedded(e) => TrainingSettings { pass: pass(e.training_pass), ..TrainingSettings::default() },
     };
-    Ok(EmbeddedEngine::new(config.model.max_batch(), training))
+    Ok(EmbeddedEngine::new(config.model.max_batch(), training).with_calculator(config.model.calculator()))
 }
 
 /// Evaluates a saved model on a config's held-out split.

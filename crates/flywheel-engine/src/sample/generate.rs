@@ -18,11 +18,15 @@
 //! unfinished sequences never holds up work. Each sequence has its own seeded generator and its
 //! rows are computed independently of its neighbours, so results do not depend on `max_batch` or
 //! on the order in which sequences finish.
+//!
+//! A [`Tool`] (a calculator) may write parts of a completion: after each sampled token it sees the
+//! sequence's text so far, and the tokens of what it writes are fed to the model next in place of
+//! samples (no random draw is spent on them), counted against `max_new_tokens` like any other.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use flywheel_core::{Completion, FinishReason, GenerationRequest, Reporter, SamplingParams};
+use flywheel_core::{Completion, FinishReason, GenerationRequest, Reporter, SamplingParams, Tool};
 use rand::rngs::StdRng;
 
 use crate::error::{EngineError, Result};
@@ -89,6 +93,8 @@ struct Active<'t> {
     streamed: usize,
     /// Position the next fed token takes.
     next_pos: usize,
+    /// Tokens the [`Tool`] wrote, fed before the model samples again.
+    written: VecDeque<u32>,
 }
 
 /// What the sampler needs besides the requests.
@@ -104,6 +110,8 @@ pub(crate) struct SamplerContext<'a> {
     pub seeds: Option<&'a [u64]>,
     /// Where text goes as it is decoded, for a caller that streams it.
     pub sink: Option<&'a dyn TextSink>,
+    /// Consulted after each sampled token; what it writes is fed as the next tokens.
+    pub tool: Option<&'a dyn Tool>,
 }
 
 /// Receives each sequence's text as it is decoded (a server streaming tokens to its clients).
@@ -237,6 +245,7 @@ impl Decoder<'_> {
                     text: String::new(),
                     streamed: 0,
                     next_pos: p.prompt_len,
+                    written: VecDeque::new(),
                 };
                 p.next_sample += 1;
                 if p.next_sample == self.requests[p.request].n {
@@ -270,7 +279,11 @@ impl Decoder<'_> {
         let mut i = 0;
         while i < self.active.len() {
             let seq = &mut self.active[i];
-            let token = self.chooser.choose(&seq.logits, &mut seq.rng, &mut self.scratch);
+            let sampled = seq.written.is_empty();
+            let token = match seq.written.pop_front() {
+                Some(token) => token,
+                None => self.chooser.choose(&seq.logits, &mut seq.rng, &mut self.scratch),
+            };
             seq.ids.push(token);
             let mut finish = None;
             if ctx.eos_ids.contains(&token) && !params.ignore_eos {
@@ -284,6 +297,8 @@ impl Decoder<'_> {
                     finish = Some(FinishReason::Stop);
                 } else if seq.ids.len() >= params.max_new_tokens || seq.next_pos >= ctx.max_positions {
                     finish = Some(FinishReason::Length);
+                } else if let Some(piece) = ctx.tool.filter(|_| sampled).and_then(|tool| tool.write(&seq.text)) {
+                    seq.written.extend(ctx.tokenizer.encode(&piece)?);
                 }
             }
             if let Some(reason) = finish {
@@ -482,6 +497,7 @@ mod tests {
                 options,
                 seeds: None,
                 sink: None,
+                tool: None,
             }
         }
 
@@ -671,5 +687,47 @@ mod tests {
         // A single request (nothing to share with) samples as before.
         let one = [req(format!("{PREAMBLE}3+5="), 2)];
         assert_eq!(f.generate(&options(true, 256, 8192), &one, &p), f.generate(&options(false, 256, 8192), &one, &p));
+    }
+
+    /// Writes `WRITTEN` once, after a completion's first character.
+    #[derive(Debug)]
+    struct AfterFirst;
+
+    const WRITTEN: &str = "10+20=30 ";
+
+    impl Tool for AfterFirst {
+        fn write(&self, text: &str) -> Option<String> {
+            (text.chars().count() == 1).then(|| WRITTEN.to_string())
+        }
+    }
+
+    #[test]
+    fn a_tool_writes_in_the_models_place_and_the_model_goes_on_from_it() {
+        let f = Fixture::new(WeightFormat::F32);
+        let opts = options(true, 4, 8192);
+        let prompt = format!("{PREAMBLE}3+5=");
+        let p = SamplingParams { ignore_eos: true, ..params(0.0, 0) };
+        let ctx = SamplerContext { tool: Some(&AfterFirst), ..f.ctx(&opts) };
+        let with_tool = generate(&ctx, &[req(prompt.clone(), 2)], &p, &NullReporter).unwrap();
+        let [first, second] = &with_tool[0][..] else { panic!("two samples") };
+        assert_eq!(first, second, "greedy samples agree");
+        let text = &first.text;
+        assert_eq!(first.tokens, 24, "written tokens count against max_new_tokens");
+        let head: String = text.chars().take(1).collect();
+        assert_eq!(&text[head.len()..head.len() + WRITTEN.len()], WRITTEN, "{text:?}");
+        // Greedy decoding from the prompt, the first character and the written text goes on as the
+        // model did after the tool wrote: the written tokens were fed to it.
+        let rest = SamplingParams { max_new_tokens: 24 - 1 - WRITTEN.len(), ..p.clone() };
+        let resumed = f.generate(&opts, &[req(format!("{prompt}{head}{WRITTEN}"), 1)], &rest);
+        assert_eq!(format!("{head}{WRITTEN}{}", resumed[0][0].text), *text);
+        // Without the tool the model writes something else.
+        assert!(!f.generate(&opts, &[req(prompt, 1)], &p)[0][0].text.contains(WRITTEN));
+        // Sampled (not greedy), the written text is in every completion too.
+        let hot = SamplingParams { temperature: 1.0, seed: 3, ..p };
+        let sampled = generate(&ctx, &[req(format!("{PREAMBLE}1+2="), 5)], &hot, &NullReporter).unwrap();
+        for c in &sampled[0] {
+            let first_len = c.text.chars().next().map_or(0, char::len_utf8);
+            assert_eq!(c.text.get(first_len..first_len + WRITTEN.len()), Some(WRITTEN), "{:?}", c.text);
+        }
     }
 }

@@ -406,6 +406,11 @@ impl RunConfig {
         self.model.validate()?;
         if let Some(generator) = &self.generator {
             generator.validate()?;
+            if self.model.calculator() {
+                return Err("model.calculator works in the embedded engine's sampler, and a remote generator samples \
+                     elsewhere; drop one of them"
+                    .into());
+            }
             if self.strategy.judges_with_base() {
                 return Err("strategy.judge = \"base\" needs the base model and the current one served at once, \
                      which a remote generator does not do; judge with the current model, or drop [generator]"

@@ -26,6 +26,14 @@ impl ModelConfig {
         }
     }
 
+    /// Whether the model writes with a calculator (`[model] calculator`).
+    pub fn calculator(&self) -> bool {
+        match self {
+            ModelConfig::Embedded(_) => false,
+            ModelConfig::Pretrained(c) => c.calculator,
+        }
+    }
+
     /// Checks every setting; the message names the key and its allowed range.
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.max_batch() == 0 {
@@ -91,6 +99,10 @@ pub struct PretrainedModelConfig {
     /// the speed. The fused pass keeps only what its backward pass reads and ignores this.
     #[serde(default = "default_true")]
     pub activation_checkpointing: bool,
+    /// Give the model a calculator ([`crate::tools::Calculator`]): the result of every expression
+    /// it ends with `=` is written for it, in sampling and in evaluation alike.
+    #[serde(default)]
+    pub calculator: bool,
 }
 
 /// How the embedded engine computes training gradients.
