@@ -27,11 +27,11 @@ impl Tool for Calculator {
 /// places without trailing zeros (`2.75`, `3.33`, `0.5`).
 fn format_result(value: f64) -> String {
     let rounded = (value * 100.0).round() / 100.0;
-    if (value - value.round()).abs() < 1e-9 {
-        return format!("{}", value.round() as i64);
+    if rounded == rounded.trunc() {
+        // Whole (2.999 too, once rounded), and never "-0".
+        return format!("{}", rounded as i64);
     }
-    let text = format!("{rounded:.2}");
-    text.trim_end_matches('0').trim_end_matches('.').to_string()
+    format!("{rounded:.2}").trim_end_matches('0').to_string()
 }
 
 #[cfg(test)]
@@ -47,6 +47,8 @@ mod tests {
         assert_eq!(Calculator.write("10 / 3 =").as_deref(), Some(" 3.33"));
         assert_eq!(Calculator.write("1 / 2 =").as_deref(), Some(" 0.5"));
         assert_eq!(Calculator.write("5 - 9 =").as_deref(), Some(" -4"));
+        assert_eq!(Calculator.write("2999 / 1000 =").as_deref(), Some(" 3"));
+        assert_eq!(Calculator.write("1 / 1000 - 2 / 1000 =").as_deref(), Some(" 0"));
         for text in ["21 + 7 = 28", "Day 1 =", "The answer is", ""] {
             assert_eq!(Calculator.write(text), None, "{text:?}");
         }
