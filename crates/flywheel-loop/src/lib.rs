@@ -16,6 +16,7 @@ pub mod backend;
 pub mod config;
 pub mod eval;
 pub mod events;
+pub mod practice;
 pub mod quality;
 pub mod records;
 pub mod report;

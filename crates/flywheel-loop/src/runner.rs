@@ -15,6 +15,7 @@ use crate::backend::{GeneratorBackend, Phase, TrainerBackend};
 use crate::config::{DataPolicy, FineTuneFrom, ModelConfig};
 use crate::eval::evaluate;
 use crate::events::{EvalEvent, Event, QualityEvent, SampleEvent, StopEvent, TrainEvent};
+use crate::practice;
 use crate::quality::metrics::{Item, Quality, QualityMetrics};
 use crate::quality::watch::{self, Severity};
 use crate::quality::{mitigate, natural_texts};
@@ -145,6 +146,7 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             }
         };
         self.mitigate(k, &mut collected)?;
+        self.practice(k, &mut collected);
         let seconds = started.elapsed().as_secs_f64();
         self.record_samples(k, &collected, seconds)?;
 
@@ -187,7 +189,11 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
         }
         for (i, set) in collected.sets.iter_mut().enumerate() {
             let earlier = match config.data {
-                DataPolicy::Accumulate if k > 1 => read_jsonl::<TrainExample>(&self.dir.train_path(k - 1, i))?,
+                DataPolicy::Accumulate if k > 1 => {
+                    let mut earlier = read_jsonl::<TrainExample>(&self.dir.train_path(k - 1, i))?;
+                    earlier.retain(|e| !practice::is_practice(e));
+                    earlier
+                }
                 _ => Vec::new(),
             };
             let (mut examples, stats) = mitigate::training_set(earlier, std::mem::take(&mut set.examples), &config);
@@ -207,6 +213,26 @@ impl<'r, G: GeneratorBackend, T: TrainerBackend> Runner<'r, G, T> {
             set.examples = examples;
         }
         Ok(())
+    }
+
+    /// Adds `[practice]`'s examples to iteration `k`'s first training set, shaped like the
+    /// arithmetic of all its samples.
+    fn practice(&self, k: usize, collected: &mut Collected) {
+        let config = &self.dir.config().practice;
+        let Some(set) = collected.sets.first_mut() else { return };
+        if config.examples == 0 {
+            return;
+        }
+        let shapes = practice::shapes(collected.samples.iter().map(|s| s.completion.as_str()));
+        let seed = seeds::derive(self.dir.config().seed, "practice", k);
+        let examples = practice::examples(&shapes, config.examples, config.equations_per_example, seed);
+        tracing::info!(
+            "iteration {k}: {} practice examples of {} equations, shaped like the {} expressions the samples write",
+            examples.len(),
+            config.equations_per_example,
+            shapes.len()
+        );
+        set.examples.extend(examples);
     }
 
     /// Writes an iteration's samples, training sets and preference pairs, and its `sample` event.

@@ -163,3 +163,23 @@ fn the_calculator_is_refused_with_a_remote_generator() {
     assert!(RunConfig::parse(&config.to_toml(), Path::new("roundtrip")).expect("roundtrip").model.calculator());
     assert!(!RunConfig::load(&examples().join("smollm2-arith-star.toml")).expect("example").model.calculator());
 }
+
+#[test]
+fn practice_settings_are_checked_and_written_back_only_when_on() {
+    let config = with_tables("[practice]\nexamples = 300\n").expect("practice");
+    assert_eq!((config.practice.examples, config.practice.equations_per_example), (300, 12));
+    let written = config.to_toml();
+    assert!(written.contains("[practice]"), "{written}");
+    assert_eq!(RunConfig::parse(&written, Path::new("roundtrip")).expect("roundtrip"), config);
+    let off = with_tables("").expect("no practice");
+    assert!(!off.to_toml().contains("[practice]"), "a config without practice is written as before");
+    for (table, key) in [
+        ("[practice]\nexamples = 10\nequations-per-example = 0\n", "practice.equations-per-example"),
+        ("[practice]\nequations-per-example = 65\n", "practice.equations-per-example"),
+        ("[practice]\nexamples = -1\n", "examples"),
+        ("[practice]\nlines = 3\n", "lines"),
+    ] {
+        let err = with_tables(table).expect_err(table);
+        assert!(err.starts_with("my.toml") && err.contains(key), "{table}: {err}");
+    }
+}

@@ -7,6 +7,7 @@ use flywheel_core::{
     Checkpoint, Completion, CoreError, FinishReason, GenerationRequest, Generator, LogLikelihood, NullReporter,
     Reporter, SamplingParams, TrainExample, TrainSummary, Trainer, TrainingParams,
 };
+use flywheel_loop::practice;
 use flywheel_loop::rundir::RunDir;
 use flywheel_loop::tasks::addition::scratchpad;
 use flywheel_loop::{GeneratorBackend, Outcome, Phase, RunConfig, Runner, Task, TrainerBackend};
@@ -16,6 +17,8 @@ use flywheel_loop::{GeneratorBackend, Outcome, Phase, RunConfig, Runner, Task, T
 #[derive(Debug, Clone, Default)]
 struct FakeModel {
     skill: Vec<f64>,
+    /// Also write the sum as an equation (`12 + 345 = 357`) before the scratchpad (never saved).
+    equations: bool,
 }
 
 fn hash(parts: &[u64]) -> u64 {
@@ -45,7 +48,11 @@ impl Generator for FakeModel {
                     .map(|i| {
                         let draw = (hash(&[params.seed, a, b, i as u64]) % 1000) as f64 / 1000.0;
                         let right = if params.temperature == 0.0 { p >= 0.5 } else { draw < p };
-                        let text = if right { scratchpad(a, b) } else { scratchpad(a, b + 1) };
+                        let mut text = if right { scratchpad(a, b) } else { scratchpad(a, b + 1) };
+                        if self.equations {
+                            let written = if right { a + b } else { a + b + 1 };
+                            text = format!("{a} + {b} = {written}\n{text}");
+                        }
                         Completion { tokens: text.len(), text, finish: FinishReason::Stop }
                     })
                     .collect()
@@ -96,7 +103,9 @@ impl Trainer for FakeModel {
         let mut counts = [0usize; 8];
         // The seed set also shows hinted prompts (so the base learns to use a hint) and judgements;
         // they teach no skill here.
-        for e in examples.iter().filter(|e| !e.messages[0].content.contains(['|', '?'])) {
+        // Practice examples teach it nothing either.
+        let plain = |e: &&TrainExample| !e.messages[0].content.contains(['|', '?']) && !practice::is_practice(e);
+        for e in examples.iter().filter(plain) {
             let digits = e.messages[0].content.split('+').next().expect("a").len();
             counts[digits] += 1;
         }
@@ -120,12 +129,14 @@ impl Checkpoint for FakeModel {
 struct FakeEngine {
     trainings: usize,
     fail_at: Option<usize>,
+    /// The models it opens also write their sum as an equation before the scratchpad.
+    equations: bool,
 }
 
 impl FakeEngine {
     fn load(dir: &Path) -> FakeModel {
         let skill = serde_json::from_slice(&read(dir.join("skill.json"))).expect("json");
-        FakeModel { skill }
+        FakeModel { skill, equations: false }
     }
 
     fn count_training(&mut self) -> flywheel_core::Result<()> {
@@ -139,7 +150,7 @@ impl FakeEngine {
 
 impl GeneratorBackend for FakeEngine {
     fn open(&mut self, checkpoint: &Path) -> flywheel_loop::Result<Box<dyn Generator>> {
-        Ok(Box::new(Self::load(checkpoint)))
+        Ok(Box::new(FakeModel { equations: self.equations, ..Self::load(checkpoint) }))
     }
 }
 
@@ -282,7 +293,7 @@ fn a_run_stopped_mid_iteration_and_resumed_writes_the_same_files() {
 
     let stopped = tempfile::tempdir().expect("tmp");
     // Trainings: base (1), iteration 1 (2), iteration 2 (3): fail in iteration 2.
-    let err = run(stopped.path(), FakeEngine { trainings: 0, fail_at: Some(3) }).expect_err("stopped");
+    let err = run(stopped.path(), FakeEngine { fail_at: Some(3), ..FakeEngine::default() }).expect_err("stopped");
     assert!(err.to_string().contains("killed"), "{err}");
     assert!(stopped.path().join("iter-0002/samples.jsonl").exists(), "iteration 2 was under way");
     run(stopped.path(), FakeEngine::default()).expect("resumed");
@@ -303,7 +314,7 @@ fn a_run_stopped_mid_iteration_and_resumed_writes_the_same_files() {
 #[test]
 fn a_changed_config_is_refused_on_resume() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(3) });
+    let _ = run(tmp.path(), FakeEngine { fail_at: Some(3), ..FakeEngine::default() });
     let path = tmp.path().join("config.toml");
     let text = std::fs::read_to_string(&path).expect("config").replace("seed = 3", "seed = 4");
     std::fs::write(&path, text).expect("write");
@@ -314,7 +325,7 @@ fn a_changed_config_is_refused_on_resume() {
 #[test]
 fn a_new_run_refuses_an_existing_run_directory() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(2) });
+    let _ = run(tmp.path(), FakeEngine { fail_at: Some(2), ..FakeEngine::default() });
     let err = RunDir::create(tmp.path(), &config()).expect_err("second");
     assert!(err.to_string().contains("flywheel resume"), "{err}");
 }
@@ -376,7 +387,7 @@ fn an_output_path_that_cannot_be_written_fails_before_any_work() {
 #[test]
 fn a_second_process_on_a_run_directory_is_refused_while_the_first_holds_it() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(2) });
+    let _ = run(tmp.path(), FakeEngine { fail_at: Some(2), ..FakeEngine::default() });
     let first = RunDir::open(tmp.path()).expect("first");
     let err = RunDir::open(tmp.path()).expect_err("second while the first runs");
     assert!(err.to_string().contains("another flywheel process"), "{err}");
@@ -391,7 +402,7 @@ fn a_second_process_on_a_run_directory_is_refused_while_the_first_holds_it() {
 fn a_run_that_failed_before_iteration_zero_finished_starts_again_with_a_fixed_config() {
     let tmp = tempfile::tempdir().expect("tmp");
     // The base model's training fails: nothing was computed.
-    let err = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(1) }).expect_err("failed start");
+    let err = run(tmp.path(), FakeEngine { fail_at: Some(1), ..FakeEngine::default() }).expect_err("failed start");
     assert!(err.to_string().contains("killed"), "{err}");
     // `run` may start it again...
     drop(RunDir::create(tmp.path(), &config()).expect("started again"));
@@ -412,7 +423,7 @@ fn a_run_that_failed_before_iteration_zero_finished_starts_again_with_a_fixed_co
 #[test]
 fn after_an_iteration_only_keys_that_change_nothing_computed_may_change() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(3) });
+    let _ = run(tmp.path(), FakeEngine { fail_at: Some(3), ..FakeEngine::default() });
     let path = tmp.path().join("config.toml");
     let original = std::fs::read_to_string(&path).expect("config");
     let edit = |from: &str, to: &str| {
@@ -437,7 +448,7 @@ fn after_an_iteration_only_keys_that_change_nothing_computed_may_change() {
 #[test]
 fn resume_with_more_iterations_changes_nothing_until_the_run_goes_on() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(3) });
+    let _ = run(tmp.path(), FakeEngine { fail_at: Some(3), ..FakeEngine::default() });
     let before = snapshot(tmp.path());
     let mut dir = RunDir::open(tmp.path()).expect("open");
     dir.extend_iterations(6).expect("raise");
@@ -451,7 +462,7 @@ fn resume_with_more_iterations_changes_nothing_until_the_run_goes_on() {
 #[test]
 fn a_state_naming_a_missing_iteration_is_refused_as_such() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let _ = run(tmp.path(), FakeEngine { trainings: 0, fail_at: Some(3) });
+    let _ = run(tmp.path(), FakeEngine { fail_at: Some(3), ..FakeEngine::default() });
     std::fs::remove_dir_all(tmp.path().join("iter-0001")).expect("rm");
     let err = RunDir::open(tmp.path()).expect_err("iteration 1 is gone");
     let msg = err.to_string();
@@ -776,4 +787,38 @@ fn accumulated_data_carries_every_earlier_iteration_and_the_cap_bounds_a_problem
     let distinct: std::collections::HashSet<&String> = prompts.iter().collect();
     assert_eq!(distinct.len(), prompts.len(), "one example per problem");
     assert!(prompts.len() > lines(1).len() / 2, "the accumulated set still holds most problems");
+}
+
+#[test]
+fn practice_adds_equations_shaped_like_the_samples_and_is_not_carried_over() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = config();
+    config.practice.examples = 5;
+    config.practice.equations_per_example = 4;
+    config.mitigation.data = flywheel_loop::config::DataPolicy::Accumulate;
+    let dir = RunDir::create(tmp.path(), &config).expect("create");
+    let generators = FakeEngine { equations: true, ..FakeEngine::default() };
+    Runner::new(generators, FakeEngine::default(), dir, &NullReporter).expect("runner").run().expect("run");
+    let mut sizes = Vec::new();
+    for k in 1..=3 {
+        let set: Vec<TrainExample> = String::from_utf8(read(tmp.path().join(format!("iter-{k:04}/train.jsonl"))))
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("example"))
+            .collect();
+        let (drills, solved): (Vec<&TrainExample>, Vec<&TrainExample>) =
+            set.iter().partition(|e| practice::is_practice(e));
+        assert_eq!(drills.len(), 5, "iteration {k}: this iteration's practice only, none carried over");
+        sizes.push(solved.len());
+        for line in drills.iter().flat_map(|e| e.messages[1].content.lines()) {
+            // The samples write `a + b` of 1 to 3 digits each (the task's problems).
+            let (sum, value) = line.split_once(" = ").expect("an equation");
+            let (a, b) = sum.split_once(" + ").unwrap_or_else(|| panic!("{line}: not shaped like a sample's sum"));
+            let (a, b, value): (u64, u64, u64) =
+                (a.parse().expect("a"), b.parse().expect("b"), value.parse().expect("v"));
+            assert!(a < 1000 && b < 1000, "{line}");
+            assert_eq!(a + b, value, "{line}");
+        }
+    }
+    assert!(sizes.windows(2).all(|w| w[1] > w[0]), "the solved examples still accumulate: {sizes:?}");
 }

@@ -68,6 +68,9 @@ pub struct RunConfig {
     /// Mitigations of collapse applied to each training set (off by default).
     #[serde(default)]
     pub mitigation: MitigationConfig,
+    /// Arithmetic practice added to each iteration's training set (off by default).
+    #[serde(default, skip_serializing_if = "PracticeConfig::is_off")]
+    pub practice: PracticeConfig,
 }
 
 /// Whether an iteration's training set replaces the earlier ones' or adds to them.
@@ -121,6 +124,36 @@ impl MitigationConfig {
         let last = self.temperature_schedule.len().checked_sub(1)?;
         Some(self.temperature_schedule[k.saturating_sub(1).min(last)])
     }
+}
+
+/// Arithmetic practice ([`crate::practice`]): equations shaped like the ones the model's own samples
+/// write out, with fresh operands and exact results, added to the first training set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PracticeConfig {
+    /// Practice examples added each iteration; 0 (default) turns practice off.
+    #[serde(default)]
+    pub examples: usize,
+    /// Equations in one example, one per line.
+    #[serde(default = "default_equations_per_example")]
+    pub equations_per_example: usize,
+}
+
+impl Default for PracticeConfig {
+    fn default() -> Self {
+        Self { examples: 0, equations_per_example: default_equations_per_example() }
+    }
+}
+
+impl PracticeConfig {
+    /// Whether practice is off (and the table left out of a written config).
+    pub fn is_off(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_equations_per_example() -> usize {
+    12
 }
 
 /// Optimiser settings of a fine-tuning run.
@@ -444,6 +477,12 @@ impl RunConfig {
         }
         if let Some(t) = self.mitigation.temperature_schedule.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
             return Err(format!("mitigation.temperature-schedule: {t} is not a temperature (0 or more)"));
+        }
+        if self.practice.equations_per_example == 0 || self.practice.equations_per_example > 64 {
+            return Err(format!(
+                "practice.equations-per-example must be from 1 to 64, got {}",
+                self.practice.equations_per_example
+            ));
         }
         if self.eval.samples > 0 && !(self.eval.temperature > 0.0 && self.eval.temperature.is_finite()) {
             return Err(format!("eval.temperature must be positive to draw samples, got {}", self.eval.temperature));
