@@ -49,7 +49,7 @@ pub struct Shape(Vec<Piece>);
 
 impl Shape {
     /// The shape of `expression` when it is whole-number arithmetic with at least one operator
-    /// and one number: digits, `+ - * / x × ÷`, parentheses and spaces only.
+    /// and two numbers: digits, `+ - * / x × ÷`, parentheses and spaces only.
     pub fn of(expression: &str) -> Option<Shape> {
         let mut pieces: Vec<Piece> = Vec::new();
         let (mut numbers, mut operators) = (0, 0);
