@@ -1,4 +1,4 @@
-//! Throughput of the embedded engine with the tiny character model (`LlamaConfig::tiny`).
+//! Throughput of the embedded engine with the tiny character model (`ModelConfig::tiny`).
 //!
 //! `cargo run --release -p flywheel-engine --example bench [sample|train] [sequences] [new_tokens]`
 //!
@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use flywheel_core::{GenerationRequest, NullReporter, SamplingParams, TrainExample, TrainingParams};
-use flywheel_engine::{Engine, LlamaConfig};
+use flywheel_engine::{Engine, ModelConfig};
 
 /// Each measurement is repeated and the fastest run reported (the machine may be shared).
 const REPEATS: usize = 3;
@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (do_sample, do_train) = (mode.as_deref() != Some("train"), mode.as_deref() != Some("sample"));
     let sequences = args.first().copied().unwrap_or(256);
     let new_tokens = args.get(1).copied().unwrap_or(150);
-    let mut engine = Engine::new_char_level(ALPHABET, LlamaConfig::tiny, 0)?;
+    let mut engine = Engine::new_char_level(ALPHABET, ModelConfig::tiny, 0)?;
     let c = engine.model().config();
     println!(
         "tiny model: {} params, d={}, {} layers, vocab {}, threads {}",

@@ -18,9 +18,9 @@ use crate::formats::adapter::{load_adapter, save_adapter, AdapterConfig, ADAPTER
 use crate::formats::checkpoint::{load_checkpoint, read_chat_template, save_checkpoint, write_tokenizer_config};
 use crate::formats::gguf::load_gguf;
 use crate::formats::gguf_write::{write_gguf, GgufWeights};
-use crate::model::config::{LlamaConfig, TokenIds};
+use crate::model::config::{ModelConfig, TokenIds};
 use crate::model::lora::LoraConfig;
-use crate::model::LlamaModel;
+use crate::model::DecoderModel;
 use crate::sample::generate::{generate, SamplerContext, SamplerOptions, TextSink};
 use crate::sample::infer::InferenceModel;
 use crate::text::chat_template::ChatTemplate;
@@ -32,7 +32,7 @@ use crate::train::{train, TrainOptions};
 /// The embedded candle engine: model, tokenizer, prompt format, sampler and trainer settings.
 #[derive(Debug)]
 pub struct Engine {
-    model: LlamaModel,
+    model: DecoderModel,
     tokenizer: TextTokenizer,
     format: Box<dyn PromptFormat>,
     /// The chat template's source, when the format is one (written with exported checkpoints).
@@ -51,7 +51,7 @@ pub struct Engine {
 impl Engine {
     /// Wraps a model and its tokenizer, with the raw (concatenation) prompt format. The config
     /// must name an end-of-sequence id and cover the tokenizer's vocabulary.
-    pub fn new(model: LlamaModel, tokenizer: TextTokenizer) -> Result<Self> {
+    pub fn new(model: DecoderModel, tokenizer: TextTokenizer) -> Result<Self> {
         let c = model.config();
         if tokenizer.vocab_size() > c.vocab_size {
             return Err(EngineError::config(
@@ -80,13 +80,13 @@ impl Engine {
 
     /// A freshly initialised character-level model over `alphabet`: the tokenizer of
     /// [`TextTokenizer::char_level`] and `config(vocab_size)` with its special ids filled in (for
-    /// example `LlamaConfig::tiny`).
-    pub fn new_char_level(alphabet: &str, config: impl FnOnce(usize) -> LlamaConfig, seed: u64) -> Result<Self> {
+    /// example `ModelConfig::tiny`).
+    pub fn new_char_level(alphabet: &str, config: impl FnOnce(usize) -> ModelConfig, seed: u64) -> Result<Self> {
         let tokenizer = TextTokenizer::char_level(alphabet)?;
         let mut config = config(tokenizer.vocab_size());
         config.bos_token_id = tokenizer.token_id(BOS_TOKEN);
         config.eos_token_id = tokenizer.token_id(EOS_TOKEN).map(TokenIds::One);
-        Self::new(LlamaModel::new_random(&config, seed)?, tokenizer)
+        Self::new(DecoderModel::new_random(&config, seed)?, tokenizer)
     }
 
     /// Loads a checkpoint directory (`config.json`, `*.safetensors`, `tokenizer.json`), with the
@@ -109,7 +109,7 @@ impl Engine {
     /// Loads a llama.cpp GGUF file (weights dequantized to `f32`), with its chat template.
     pub fn load_gguf(path: &Path) -> Result<Self> {
         let gguf = load_gguf(path)?;
-        let model = LlamaModel::from_tensors(&gguf.config, gguf.tensors, path)?;
+        let model = DecoderModel::from_tensors(&gguf.config, gguf.tensors, path)?;
         let mut engine = Self::new(model, gguf.tokenizer)?.with_chat_template(gguf.chat_template.as_deref())?;
         engine.source = Some(absolute(path));
         Ok(engine)
@@ -212,7 +212,7 @@ impl Engine {
     }
 
     /// The model.
-    pub fn model(&self) -> &LlamaModel {
+    pub fn model(&self) -> &DecoderModel {
         &self.model
     }
 

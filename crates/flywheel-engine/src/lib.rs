@@ -6,7 +6,7 @@
 //! external server or trainer each iteration would cost more than the work itself, and keeping
 //! both halves in one process makes a run reproducible from its seed.
 //!
-//! * [`LlamaConfig`] / [`LlamaModel`]: the architecture, weights in candle `Var`s under Hugging
+//! * [`ModelConfig`] / [`DecoderModel`]: the architecture, weights in candle `Var`s under Hugging
 //!   Face names; a differentiable forward pass with explicit position ids.
 //! * [`TextTokenizer`]: any `tokenizer.json`, including a character-level one built from an
 //!   alphabet.
@@ -43,9 +43,9 @@ pub use formats::checkpoint::{
 };
 pub use formats::gguf::{hf_name, load_gguf, unpermute_rows, GgufModel};
 pub use formats::gguf_write::{permute_rows, write_gguf, GgufWeights};
-pub use model::config::{LlamaConfig, TokenIds};
+pub use model::config::{ModelConfig, TokenIds};
 pub use model::lora::{LoraConfig, Proj};
-pub use model::{parameter_shapes, LlamaModel};
+pub use model::{parameter_shapes, DecoderModel};
 pub use sample::choose::sequence_rng;
 pub use sample::generate::{SamplerOptions, TextSink};
 pub use sample::quant::WeightFormat;

@@ -5,10 +5,10 @@ use flywheel_core::{
     CoreError, FinishReason, GenerationRequest, Generator, NullReporter, SamplingParams, TrainExample, Trainer,
     TrainingParams,
 };
-use flywheel_engine::{tokenize_example, Engine, LlamaConfig};
+use flywheel_engine::{tokenize_example, Engine, ModelConfig};
 
-fn small(vocab: usize) -> LlamaConfig {
-    let mut c = LlamaConfig::tiny(vocab);
+fn small(vocab: usize) -> ModelConfig {
+    let mut c = ModelConfig::tiny(vocab);
     c.hidden_size = 64;
     c.intermediate_size = 128;
     c.num_hidden_layers = 2;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use flywheel_core::{GenerationRequest, Message, NullReporter, Role, SamplingParams, TrainExample, TrainingParams};
 use flywheel_engine::{
-    load_weights, tokenize_example, Engine, GgufWeights, LlamaConfig, LoraConfig, Proj, ADAPTER_CONFIG_FILE,
+    load_weights, tokenize_example, Engine, GgufWeights, LoraConfig, ModelConfig, Proj, ADAPTER_CONFIG_FILE,
     ADAPTER_MODEL_FILE,
 };
 
@@ -236,7 +236,7 @@ fn gguf_export_reads_back_as_the_same_model() {
     assert!(q8_size * 3 < f32_size, "Q8_0 {q8_size} bytes vs f32 {f32_size}");
 
     // A model whose shapes are not the base file's is refused, naming a tensor.
-    let mut tiny = Engine::new_char_level("0123456789+= ", LlamaConfig::tiny, 1).unwrap();
+    let mut tiny = Engine::new_char_level("0123456789+= ", ModelConfig::tiny, 1).unwrap();
     let e = tiny.export_gguf(Some(&model_path()), &dir.path().join("x.gguf"), GgufWeights::Q8_0).unwrap_err();
     assert!(e.to_string().contains("tensor `"), "{e}");
     assert!(!dir.path().join("x.gguf").exists(), "no file behind a failed export");

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flywheel_core::{Checkpoint, Generator, Reporter, TrainSummary, Trainer};
-use flywheel_engine::{Engine as Model, LlamaConfig, LoraConfig, Proj, TrainPass};
+use flywheel_engine::{Engine as Model, LoraConfig, ModelConfig as DecoderConfig, Proj, TrainPass};
 use flywheel_loop::config::{ModelConfig, PretrainedModelConfig};
 use flywheel_loop::tools::Calculator;
 use flywheel_loop::{GeneratorBackend, Phase, RunConfig, Task, TrainerBackend};
@@ -74,7 +74,7 @@ impl EmbeddedEngine {
             ModelConfig::Pretrained(pretrained) => return self.pretrained(pretrained, seed),
         };
         let a = &embedded.architecture;
-        let shape = |vocab_size| LlamaConfig {
+        let shape = |vocab_size| DecoderConfig {
             hidden_size: a.hidden_size,
             intermediate_size: a.intermediate_size,
             num_hidden_layers: a.num_hidden_layers,
@@ -82,8 +82,8 @@ impl EmbeddedEngine {
             num_key_value_heads: Some(a.num_key_value_heads),
             rope_theta: a.rope_theta,
             max_position_embeddings: a.max_position_embeddings,
-            tie_word_embeddings: a.tie_word_embeddings,
-            ..LlamaConfig::tiny(vocab_size)
+            tie_word_embeddings: Some(a.tie_word_embeddings),
+            ..DecoderConfig::tiny(vocab_size)
         };
         let model = Model::new_char_level(&task.alphabet(), shape, seed).map_err(|e| e.into_load())?;
         tracing::info!("fresh model: {} parameters", model.model().config().num_parameters());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
-use flywheel_engine::{save_tensors, Engine, LlamaConfig, ADAPTER_CONFIG_FILE, MODEL_FILE};
+use flywheel_engine::{save_tensors, Engine, ModelConfig, ADAPTER_CONFIG_FILE, MODEL_FILE};
 
 /// The runs below use both cores; one at a time.
 static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -210,14 +210,14 @@ fn configs() {
 
 /// A tiny character-level model saved as a Hugging Face directory.
 fn tiny_model(dir: &Path) -> Engine {
-    let shape = |vocab| LlamaConfig {
+    let shape = |vocab| ModelConfig {
         hidden_size: 16,
         intermediate_size: 32,
         num_hidden_layers: 1,
         num_attention_heads: 2,
         num_key_value_heads: Some(2),
         max_position_embeddings: 64,
-        ..LlamaConfig::tiny(vocab)
+        ..ModelConfig::tiny(vocab)
     };
     let engine = Engine::new_char_level("0123456789+=|\n", shape, 1).expect("tiny model");
     engine.save(dir).expect("save");

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use flywheel_core::{GenerationRequest, NullReporter, SamplingParams};
-use flywheel_engine::{Engine, LlamaConfig};
+use flywheel_engine::{Engine, ModelConfig};
 use flywheel_remote::{Api, RemoteConfig, RemoteGenerator};
 
 /// A served model and its address; the server stops when this is dropped.
@@ -28,11 +28,11 @@ impl Drop for Served {
 fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny");
-    let small = |vocab| LlamaConfig {
+    let small = |vocab| ModelConfig {
         hidden_size: 32,
         intermediate_size: 64,
         num_hidden_layers: 1,
-        ..LlamaConfig::tiny(vocab)
+        ..ModelConfig::tiny(vocab)
     };
     Engine::new_char_level("abcde|0123456789+=", small, 1).unwrap().save(&model).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_flywheel"))

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{EngineError, Result};
 use crate::formats::checkpoint::load_weights;
 use crate::model::lora::{LoraConfig, Proj};
-use crate::model::LlamaModel;
+use crate::model::DecoderModel;
 
 /// PEFT's adapter config file.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
@@ -153,7 +153,7 @@ pub fn peft_tensor_name(layer: usize, proj: Proj, matrix: char) -> String {
 
 /// Writes the adapters of `model` to `dir` in PEFT's format; `base_model` is recorded as
 /// `base_model_name_or_path`.
-pub fn save_adapter(dir: &Path, model: &LlamaModel, base_model: &str) -> Result<()> {
+pub fn save_adapter(dir: &Path, model: &DecoderModel, base_model: &str) -> Result<()> {
     let lora = model.lora.as_ref().ok_or_else(|| EngineError::Adapter("the model has no adapters".into()))?;
     std::fs::create_dir_all(dir).map_err(|source| EngineError::Io { path: dir.to_path_buf(), source })?;
     let mut tensors = Vec::new();
@@ -174,7 +174,7 @@ pub fn save_adapter(dir: &Path, model: &LlamaModel, base_model: &str) -> Result<
 }
 
 /// Attaches the adapters saved in `dir` to `model` (replacing any attached ones).
-pub fn load_adapter(dir: &Path, model: &mut LlamaModel) -> Result<()> {
+pub fn load_adapter(dir: &Path, model: &mut DecoderModel) -> Result<()> {
     let config = AdapterConfig::load(dir)?.lora()?;
     let path = dir.join(ADAPTER_MODEL_FILE);
     let mut tensors: HashMap<String, Tensor> = load_weights(&path)?;

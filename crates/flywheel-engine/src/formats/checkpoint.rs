@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{EngineError, Result};
-use crate::model::config::LlamaConfig;
-use crate::model::LlamaModel;
+use crate::model::config::ModelConfig;
+use crate::model::DecoderModel;
 use crate::text::tokenizer::TextTokenizer;
 
 /// Weights file name inside a checkpoint directory.
@@ -28,11 +28,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     move |source| EngineError::Io { path: path.to_path_buf(), source }
 }
 
-/// Writes every parameter of `model` to `path` as `f32` safetensors, Hugging Face names.
-pub fn save_weights(model: &LlamaModel, path: &Path) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> =
-        model.named_vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect();
-    save_tensors(path, &tensors)
+/// Writes every parameter of `model` to `path` as `f32` safetensors, Hugging Face names and
+/// values, in [`crate::parameter_shapes`] order.
+pub fn save_weights(model: &DecoderModel, path: &Path) -> Result<()> {
+    let mut tensors = model.named_tensors()?;
+    let ordered: Vec<(String, Tensor)> = crate::model::parameter_shapes(model.config())
+        .into_iter()
+        .filter_map(|(name, _)| tensors.remove(&name).map(|t| (name, t)))
+        .collect();
+    save_tensors(path, &ordered)
 }
 
 /// Writes named tensors to `path` as `f32` safetensors (with `"format": "pt"`), atomically.
@@ -86,7 +90,7 @@ pub fn load_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Writes `model` and `tokenizer` as a checkpoint directory (created if needed).
-pub fn save_checkpoint(dir: &Path, model: &LlamaModel, tokenizer: &TextTokenizer) -> Result<()> {
+pub fn save_checkpoint(dir: &Path, model: &DecoderModel, tokenizer: &TextTokenizer) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     save_weights(model, &dir.join(MODEL_FILE))?;
     let config = dir.join(CONFIG_FILE);
@@ -103,8 +107,8 @@ pub fn save_checkpoint(dir: &Path, model: &LlamaModel, tokenizer: &TextTokenizer
 /// Reads a checkpoint directory: config, weights (checked against the config), tokenizer. The
 /// weights may be one `model.safetensors` or several shards (`model-00001-of-00002.safetensors`, …):
 /// every `*.safetensors` file of the directory except a LoRA adapter's is read.
-pub fn load_checkpoint(dir: &Path) -> Result<(LlamaModel, TextTokenizer)> {
-    let config = LlamaConfig::load(&dir.join(CONFIG_FILE))?;
+pub fn load_checkpoint(dir: &Path) -> Result<(DecoderModel, TextTokenizer)> {
+    let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -126,7 +130,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<(LlamaModel, TextTokenizer)> {
         tensors.extend(load_weights(file)?);
     }
     let origin = if files.len() == 1 { first } else { dir.to_path_buf() };
-    let model = LlamaModel::from_tensors(&config, tensors, &origin)?;
+    let model = DecoderModel::from_tensors(&config, tensors, &origin)?;
     let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
     Ok((model, tokenizer))
 }
@@ -216,17 +220,17 @@ mod tests {
     use super::*;
     use crate::model::config::TokenIds;
 
-    fn tiny() -> (LlamaModel, TextTokenizer) {
+    fn tiny() -> (DecoderModel, TextTokenizer) {
         let tok = TextTokenizer::char_level("0123456789+=").unwrap();
-        let mut c = LlamaConfig::tiny(tok.vocab_size());
+        let mut c = ModelConfig::tiny(tok.vocab_size());
         c.hidden_size = 32;
         c.intermediate_size = 48;
         c.num_hidden_layers = 2;
         c.eos_token_id = Some(TokenIds::One(2));
-        (LlamaModel::new_random(&c, 3).unwrap(), tok)
+        (DecoderModel::new_random(&c, 3).unwrap(), tok)
     }
 
-    fn logits(model: &LlamaModel) -> Vec<f32> {
+    fn logits(model: &DecoderModel) -> Vec<f32> {
         let ids = Tensor::new(&[[3u32, 5, 7, 11, 13]], &Device::Cpu).unwrap();
         let pos = Tensor::new(&[[0u32, 1, 2, 3, 4]], &Device::Cpu).unwrap();
         model.forward(&ids, &pos, None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
@@ -295,11 +299,11 @@ mod tests {
         let (model, _) = tiny();
         let mut tensors = model.named_tensors().unwrap();
         tensors.remove("model.layers.1.mlp.up_proj.weight");
-        let err = LlamaModel::from_tensors(model.config(), tensors, Path::new("x.safetensors")).unwrap_err();
+        let err = DecoderModel::from_tensors(model.config(), tensors, Path::new("x.safetensors")).unwrap_err();
         assert_eq!(err.to_string(), "x.safetensors: tensor `model.layers.1.mlp.up_proj.weight`: missing");
         let mut tensors = model.named_tensors().unwrap();
         tensors.insert("model.norm.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
-        let err = LlamaModel::from_tensors(model.config(), tensors, Path::new("x")).unwrap_err();
+        let err = DecoderModel::from_tensors(model.config(), tensors, Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("shape [3], expected [32]"), "{err}");
     }
 
@@ -308,7 +312,7 @@ mod tests {
         let (model, _) = tiny();
         let tensors: HashMap<String, Tensor> =
             model.named_tensors().unwrap().into_iter().map(|(n, t)| (n, t.to_dtype(DType::BF16).unwrap())).collect();
-        let back = LlamaModel::from_tensors(model.config(), tensors, Path::new("bf16")).unwrap();
+        let back = DecoderModel::from_tensors(model.config(), tensors, Path::new("bf16")).unwrap();
         let (a, b) = (logits(&model), logits(&back));
         assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 0.05));
     }

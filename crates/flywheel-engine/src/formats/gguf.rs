@@ -1,23 +1,29 @@
 //! Reading llama.cpp's GGUF files: the model's shape, its weights (dequantized to `f32`, under
-//! Hugging Face names), its tokenizer and its chat template.
+//! Hugging Face names), its tokenizer and its chat template, for every family of `model/arch.rs`
+//! (`general.architecture` names it; its metadata keys are prefixed with that name).
 //!
 //! Three things differ from a Hugging Face checkpoint and are undone here:
 //!
 //! * **Names.** `blk.3.attn_q.weight` is `model.layers.3.self_attn.q_proj.weight`, and so on
-//!   ([`hf_name`]).
-//! * **Q and K rows.** llama.cpp's converter permutes the rows of the query and key projections so
-//!   that its RoPE can rotate adjacent pairs `(x[2i], x[2i+1])`; Hugging Face's rotates the two
-//!   halves of each head `(x[i], x[i + d/2])`. The converter reshapes the rows to
+//!   ([`Family::hf_name`]).
+//! * **Q and K rows, for Llama.** llama.cpp's converter permutes the rows of Llama's query and key
+//!   projections so that its RoPE can rotate adjacent pairs `(x[2i], x[2i+1])`; Hugging Face's
+//!   rotates the two halves of each head `(x[i], x[i + d/2])`. The converter reshapes the rows to
 //!   `(heads, 2, head_dim/2)` and swaps the last two axes; [`unpermute_rows`] does the inverse,
 //!   reshaping to `(heads, head_dim/2, 2)` and swapping back, so that the forward pass stays the
-//!   Hugging Face one.
-//! * **Tokenizer.** GGUF stores the vocabulary, the merges, each token's type and the name of the
+//!   Hugging Face one. Qwen and Gemma files keep Hugging Face's order (llama.cpp runs their RoPE
+//!   in "NeoX" mode, rotating halves).
+//! * **Norm weights, for Gemma.** The converter adds 1 to Gemma's norm weights (its RMSNorm
+//!   multiplies by `1 + w`); they are taken back to Hugging Face's values here, so that
+//!   [`GgufModel::tensors`] holds what a Hugging Face checkpoint would.
+//! * **Tokenizer.** (`gguf_tokenizer.rs`) GGUF stores the vocabulary, the merges, each token's type and the name of the
 //!   pre-tokenizer (`tokenizer.ggml.pre`), not a `tokenizer.json`. [`tokenizer_json`] builds the
 //!   equivalent `tokenizer.json` (byte-level BPE, control tokens as special added tokens, the
 //!   pre-tokenizer llama.cpp uses for that name), so the rest of the engine sees one tokenizer type.
 //!
-//! Quantized matrices (Q4_1, Q8_0, …) are dequantized once at load: the sampler and trainer work
-//! in `f32`, and candle's quantized matmul has no backward pass to train through.
+//! Quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants Q2_K to Q6_K; f16, bf16, f32)
+//! are dequantized once at load by candle's GGML code: the sampler and trainer work in `f32`, and
+//! candle's quantized matmul has no backward pass to train through.
 
 use crate::error::without_backtrace;
 use std::collections::HashMap;
@@ -30,14 +36,16 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::error::{EngineError, Result};
-use crate::model::config::{LlamaConfig, TokenIds};
+use crate::formats::gguf_tokenizer::tokenizer_json;
+use crate::model::arch::Family;
+use crate::model::config::{ModelConfig, TokenIds};
 use crate::text::tokenizer::TextTokenizer;
 
 /// Everything a GGUF file provides, in the engine's terms.
 #[derive(Debug)]
 pub struct GgufModel {
     /// The model's shape and special ids.
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     /// Every weight, `f32`, under its Hugging Face name, Q/K rows in Hugging Face order.
     pub tensors: HashMap<String, Tensor>,
     /// The tokenizer rebuilt from the vocabulary and merges.
@@ -46,7 +54,7 @@ pub struct GgufModel {
     pub chat_template: Option<String>,
 }
 
-/// Reads a GGUF file of the `llama` architecture.
+/// Reads a GGUF file of one of the supported architectures.
 pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     let err = |reason: String| EngineError::Gguf { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
@@ -55,23 +63,35 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
         Content::read(&mut reader).map_err(|e| err(format!("not a readable GGUF file: {}", without_backtrace(e))))?;
     let meta = Metadata { map: &content.metadata, path };
     let arch = meta.string("general.architecture")?;
-    if arch != "llama" {
-        return Err(err(format!("architecture `{arch}` is not supported (only `llama`)")));
+    let family = Family::from_gguf(&arch).ok_or_else(|| {
+        err(format!("architecture `{arch}` is not supported (supported: {})", Family::supported(true)))
+    })?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(err("tensor `rope_freqs.weight` (Llama 3.1's RoPE frequency factors) is not supported yet; \
+             the Hugging Face directory of the model loads"
+            .into()));
     }
-    let config = config_from_metadata(&meta, content.tensor_infos.contains_key("output.weight"))?;
+    let config = config_from_metadata(&meta, family, content.tensor_infos.contains_key("output.weight"))?;
     config.validate()?;
+    let offset = f64::from(family.norm_offset());
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
-        let hf = hf_name(name).ok_or_else(|| err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
+        let hf = family
+            .hf_name(name)
+            .ok_or_else(|| err(format!("tensor `{name}` is not a parameter of a `{arch}` model")))?;
         let q = content
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| err(format!("tensor `{name}`: {}", without_backtrace(e))))?;
         let mut t = q.dequantize(&Device::Cpu)?;
         crate::formats::checkpoint::check_finite(path, name, &t)?;
-        if name.ends_with("attn_q.weight") {
+        if family.gguf_permutes_qk() && name.ends_with("attn_q.weight") {
             t = unpermute_rows(&t, config.num_attention_heads)?;
-        } else if name.ends_with("attn_k.weight") {
+        } else if family.gguf_permutes_qk() && name.ends_with("attn_k.weight") {
             t = unpermute_rows(&t, config.kv_heads())?;
+        }
+        let norm = hf == crate::model::arch::FINAL_NORM || family.part_of(&hf).is_some_and(|(_, p)| p.is_norm());
+        if offset != 0.0 && norm {
+            t = (t - offset)?;
         }
         tensors.insert(hf, t);
     }
@@ -80,34 +100,9 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     Ok(GgufModel { config, tensors, tokenizer, chat_template })
 }
 
-/// The Hugging Face name of a llama.cpp tensor name, or `None` for a name it does not know.
+/// The Hugging Face name of a llama.cpp tensor name of a Llama model (see [`Family::hf_name`]).
 pub fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        "rope_freqs.weight" => None,
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
+    Family::Llama.hf_name(gguf)
 }
 
 /// Undoes llama.cpp's row permutation of a `(heads * head_dim, in)` query or key projection.
@@ -121,30 +116,30 @@ pub fn unpermute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 /// Typed access to GGUF metadata, with errors naming the file and key.
-struct Metadata<'a> {
-    map: &'a HashMap<String, Value>,
-    path: &'a Path,
+pub(super) struct Metadata<'a> {
+    pub map: &'a HashMap<String, Value>,
+    pub path: &'a Path,
 }
 
 impl Metadata<'_> {
-    fn err(&self, key: &str, reason: impl std::fmt::Display) -> EngineError {
+    pub fn err(&self, key: &str, reason: impl std::fmt::Display) -> EngineError {
         EngineError::Gguf { path: self.path.to_path_buf(), reason: format!("metadata `{key}`: {reason}") }
     }
 
-    fn get(&self, key: &str) -> Result<&Value> {
+    pub fn get(&self, key: &str) -> Result<&Value> {
         self.map.get(key).ok_or_else(|| self.err(key, "missing"))
     }
 
-    fn string(&self, key: &str) -> Result<String> {
+    pub fn string(&self, key: &str) -> Result<String> {
         self.get(key)?.to_string().cloned().map_err(|e| self.err(key, e))
     }
 
-    fn optional_string(&self, key: &str) -> Result<Option<String>> {
+    pub fn optional_string(&self, key: &str) -> Result<Option<String>> {
         self.map.get(key).map(|v| v.to_string().cloned().map_err(|e| self.err(key, e))).transpose()
     }
 
     /// An unsigned integer of any width.
-    fn uint(&self, key: &str) -> Result<u64> {
+    pub fn uint(&self, key: &str) -> Result<u64> {
         let v = self.get(key)?;
         let n = match v {
             Value::U8(x) => u64::from(*x),
@@ -158,7 +153,7 @@ impl Metadata<'_> {
         Ok(n)
     }
 
-    fn optional_uint(&self, key: &str) -> Result<Option<u64>> {
+    pub fn optional_uint(&self, key: &str) -> Result<Option<u64>> {
         if self.map.contains_key(key) {
             self.uint(key).map(Some)
         } else {
@@ -166,7 +161,7 @@ impl Metadata<'_> {
         }
     }
 
-    fn optional_float(&self, key: &str) -> Result<Option<f64>> {
+    pub fn optional_float(&self, key: &str) -> Result<Option<f64>> {
         match self.map.get(key) {
             None => Ok(None),
             Some(Value::F32(x)) => Ok(Some(f64::from(*x))),
@@ -175,146 +170,66 @@ impl Metadata<'_> {
         }
     }
 
-    fn array(&self, key: &str) -> Result<&Vec<Value>> {
+    pub fn array(&self, key: &str) -> Result<&Vec<Value>> {
         self.get(key)?.to_vec().map_err(|e| self.err(key, e))
     }
 
-    fn strings(&self, key: &str) -> Result<Vec<String>> {
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
         self.array(key)?.iter().map(|v| v.to_string().cloned().map_err(|e| self.err(key, e))).collect()
     }
 }
 
-fn config_from_metadata(meta: &Metadata<'_>, has_output: bool) -> Result<LlamaConfig> {
-    let key = |k: &str| format!("llama.{k}");
+fn config_from_metadata(meta: &Metadata<'_>, family: Family, has_output: bool) -> Result<ModelConfig> {
+    let arch = family.gguf_architecture();
+    let key = |k: &str| format!("{arch}.{k}");
     let usize_of = |k: &str| meta.uint(&key(k)).map(|x| x as usize);
+    let optional = |k: &str| meta.optional_uint(&key(k)).map(|x| x.map(|x| x as usize));
     let hidden = usize_of("embedding_length")?;
     let heads = usize_of("attention.head_count")?;
     let vocab = match meta.optional_uint(&key("vocab_size"))? {
         Some(v) => v as usize,
         None => meta.array("tokenizer.ggml.tokens")?.len(),
     };
-    if let Some(kind) = meta.optional_string(&key("rope.scaling.type"))? {
-        if kind != "none" {
-            return Err(meta.err(&key("rope.scaling.type"), format!("RoPE scaling `{kind}` is not implemented")));
+    let rope_scaling = match meta.optional_string(&key("rope.scaling.type"))?.as_deref() {
+        None | Some("none") => None,
+        Some("linear") => {
+            let factor = meta.optional_float(&key("rope.scaling.factor"))?.unwrap_or(1.0);
+            (factor != 1.0).then(|| json!({"rope_type": "linear", "factor": factor}))
         }
-    }
-    let head_dim = meta.optional_uint(&key("rope.dimension_count"))?.map(|d| d as usize);
-    Ok(LlamaConfig {
-        hidden_size: hidden,
-        intermediate_size: usize_of("feed_forward_length")?,
-        num_hidden_layers: usize_of("block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: meta.optional_uint(&key("attention.head_count_kv"))?.map(|x| x as usize),
-        head_dim: head_dim.filter(|&d| d != hidden / heads.max(1)),
-        rms_norm_eps: meta.optional_float(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
-        rope_theta: meta.optional_float(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-        vocab_size: vocab,
-        max_position_embeddings: usize_of("context_length")?,
-        tie_word_embeddings: !has_output,
-        bos_token_id: meta.optional_uint("tokenizer.ggml.bos_token_id")?.map(|x| x as u32),
-        eos_token_id: meta.optional_uint("tokenizer.ggml.eos_token_id")?.map(|x| TokenIds::One(x as u32)),
-        hidden_act: "silu".into(),
-        attention_bias: false,
-        mlp_bias: false,
-        rope_scaling: None,
-    })
-}
-
-/// GGUF token types (llama.cpp's `llama_token_type`).
-const TOKEN_CONTROL: i32 = 3;
-const TOKEN_USER_DEFINED: i32 = 4;
-
-/// The Hugging Face pre-tokenizer that matches llama.cpp's pre-tokenizer `pre`, for byte-level BPE.
-fn pre_tokenizer(pre: &str) -> Option<serde_json::Value> {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    match pre {
-        // GPT-2's regex, applied by the byte-level pre-tokenizer itself.
-        "default" | "gpt2" | "gpt-2" => Some(byte_level(true)),
-        // Every digit on its own, then GPT-2's regex (llama.cpp's `\p{N}` rule first).
-        "smollm" | "starcoder" | "refact" | "codeshell" | "falcon" => Some(json!({
-            "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]
-        })),
-        // Llama 3's regex: numbers in groups of up to three digits.
-        "llama3" | "llama-v3" | "llama-bpe" => Some(json!({
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": false},
-                byte_level(false)
-            ]
-        })),
-        _ => None,
-    }
-}
-
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The `tokenizer.json` equivalent of a GGUF file's byte-level BPE tokenizer.
-fn tokenizer_json(meta: &Metadata<'_>) -> Result<String> {
-    let model = meta.string("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(meta.err(
-            "tokenizer.ggml.model",
-            format!("tokenizer `{model}` is not supported (only byte-level BPE, `gpt2`)"),
-        ));
-    }
-    let pre_name = meta.optional_string("tokenizer.ggml.pre")?.unwrap_or_else(|| "default".into());
-    let pre = pre_tokenizer(&pre_name)
-        .ok_or_else(|| meta.err("tokenizer.ggml.pre", format!("pre-tokenizer `{pre_name}` is not supported")))?;
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let merges = meta.strings("tokenizer.ggml.merges")?;
-    // Checked here: the tokenizers crate would report a bad entry as a line of a "merges text
-    // file", which a GGUF file does not have.
-    let vocabulary: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
-    for (i, merge) in merges.iter().enumerate() {
-        let known = |part: &str| vocabulary.contains(part);
-        match merge.split_once(' ') {
-            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') && known(a) && known(b) => {}
-            _ => {
-                return Err(meta.err(
-                    "tokenizer.ggml.merges",
-                    format!("entry {i} ({merge:?}) is not two vocabulary tokens separated by one space"),
-                ))
-            }
+        Some(kind) => {
+            return Err(meta.err(&key("rope.scaling.type"), format!("RoPE scaling `{kind}` is not implemented")))
         }
-    }
-    let types: Vec<i32> = match meta.map.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|e| meta.err("tokenizer.ggml.token_type", e))?
-            .iter()
-            .map(|t| t.to_i32().map_err(|e| meta.err("tokenizer.ggml.token_type", e)))
-            .collect::<Result<_>>()?,
-        None => vec![1; tokens.len()],
     };
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    let mut added = Vec::new();
-    for (id, token) in tokens.iter().enumerate() {
-        vocab.insert(token.clone(), id.into());
-        let kind = types.get(id).copied().unwrap_or(1);
-        if kind == TOKEN_CONTROL || kind == TOKEN_USER_DEFINED {
-            added.push(json!({
-                "id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false,
-                "normalized": false, "special": kind == TOKEN_CONTROL
-            }));
-        }
+    // The head width: `attention.key_length` (Qwen3, Gemma 3), else `rope.dimension_count`.
+    let head_dim = match optional("attention.key_length")? {
+        Some(d) => Some(d),
+        None => optional("rope.dimension_count")?,
+    };
+    let mut config = ModelConfig::tiny(vocab);
+    config.family = family;
+    config.hidden_size = hidden;
+    config.intermediate_size = usize_of("feed_forward_length")?;
+    config.num_hidden_layers = usize_of("block_count")?;
+    config.num_attention_heads = heads;
+    config.num_key_value_heads = optional("attention.head_count_kv")?;
+    config.head_dim = head_dim.filter(|&d| d != hidden / heads.max(1));
+    config.rms_norm_eps = meta.optional_float(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+    config.rope_theta = meta.optional_float(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+    config.max_position_embeddings = usize_of("context_length")?;
+    config.tie_word_embeddings = Some(!has_output);
+    config.bos_token_id = meta.optional_uint("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
+    config.eos_token_id = meta.optional_uint("tokenizer.ggml.eos_token_id")?.map(|x| TokenIds::One(x as u32));
+    config.hidden_act = None;
+    config.rope_scaling = rope_scaling;
+    if family == Family::Gemma3 {
+        // llama.cpp's own Gemma 3 constants where the file does not say (`llama-model.cpp`):
+        // every sixth layer global, local RoPE base 10000.
+        config.sliding_window = optional("attention.sliding_window")?;
+        config.sliding_window_pattern = Some(optional("attention.sliding_window_pattern")?.unwrap_or(6));
+        config.rope_local_base_freq = Some(meta.optional_float(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0));
+        config.query_pre_attn_scalar = Some(config.head_dim() as f64);
     }
-    let tokenizer = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges
-        }
-    });
-    Ok(tokenizer.to_string())
+    Ok(config)
 }
 
 #[cfg(test)]

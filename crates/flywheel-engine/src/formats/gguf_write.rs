@@ -24,8 +24,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{without_backtrace, EngineError, Result};
 use crate::formats::checkpoint::scratch_path;
-use crate::formats::gguf::{hf_name, unpermute_rows};
-use crate::model::LlamaModel;
+use crate::formats::gguf::unpermute_rows;
+use crate::model::DecoderModel;
 
 /// How an exported GGUF file stores its weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,21 +78,23 @@ impl std::str::FromStr for GgufWeights {
 /// the GGUF file the model was trained from. Attached LoRA adapters are merged into the weights
 /// written (the model itself is not changed). Fails, naming the tensor, when the model's shapes
 /// differ from the base file's.
-pub fn write_gguf(model: &LlamaModel, base: &Path, out: &Path, weights: GgufWeights) -> Result<()> {
+pub fn write_gguf(model: &DecoderModel, base: &Path, out: &Path, weights: GgufWeights) -> Result<()> {
     let err = |reason: String| EngineError::Gguf { path: base.to_path_buf(), reason };
     let file = File::open(base).map_err(|source| EngineError::Io { path: base.to_path_buf(), source })?;
     let mut reader = BufReader::new(file);
     let content =
         Content::read(&mut reader).map_err(|e| err(format!("not a readable GGUF file: {}", without_backtrace(e))))?;
     let config = model.config();
-    let ours = model.named_tensors()?;
+    let family = config.family;
+    // The engine's own values: multiplicative norm weights, as llama.cpp stores Gemma's too.
+    let ours = model.own_tensors()?;
 
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort_by_key(|name| tensor_order(name));
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let info = &content.tensor_infos[name];
-        let q = match hf_name(name) {
+        let q = match family.hf_name(name) {
             // A tensor the model has no counterpart of (llama.cpp's `rope_freqs`): copied as is.
             None => content
                 .tensor(&mut reader, name, &Device::Cpu)
@@ -108,9 +110,9 @@ pub fn write_gguf(model: &LlamaModel, base: &Path, out: &Path, weights: GgufWeig
                         info.shape.dims()
                     )));
                 }
-                if name.ends_with("attn_q.weight") {
+                if family.gguf_permutes_qk() && name.ends_with("attn_q.weight") {
                     w = permute_rows(&w, config.num_attention_heads)?;
-                } else if name.ends_with("attn_k.weight") {
+                } else if family.gguf_permutes_qk() && name.ends_with("attn_k.weight") {
                     w = permute_rows(&w, config.kv_heads())?;
                 }
                 let dtype = match w.dims() {
@@ -147,7 +149,7 @@ pub fn write_gguf(model: &LlamaModel, base: &Path, out: &Path, weights: GgufWeig
 
 /// The weight the file stores under Hugging Face name `hf`: the merged projection where an
 /// adapter is attached, else the parameter; `None` when the model has no such weight.
-fn exported_weight(model: &LlamaModel, ours: &HashMap<String, Tensor>, hf: &str) -> Option<Result<Tensor>> {
+fn exported_weight(model: &DecoderModel, ours: &HashMap<String, Tensor>, hf: &str) -> Option<Result<Tensor>> {
     let projection = hf.strip_prefix("model.layers.").and_then(|rest| {
         let (layer, part) = rest.split_once('.')?;
         let proj = crate::model::lora::Proj::ALL.into_iter().find(|p| part == format!("{}.weight", p.path()))?;

@@ -4,4 +4,5 @@
 pub(crate) mod adapter;
 pub(crate) mod checkpoint;
 pub(crate) mod gguf;
+pub(crate) mod gguf_tokenizer;
 pub(crate) mod gguf_write;

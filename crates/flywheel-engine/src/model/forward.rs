@@ -13,8 +13,9 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{EngineError, Result};
+use crate::model::arch::Activation;
 use crate::model::lora::Proj;
-use crate::model::LlamaModel;
+use crate::model::DecoderModel;
 
 /// Additive mask value for blocked attention: finite, so that a fully masked row (a padding query)
 /// gives a uniform distribution instead of NaN.
@@ -42,18 +43,21 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[a, b], D::Minus1)?)
 }
 
-/// What every layer of one forward pass shares: the batch's shape, RoPE tables at its positions,
-/// the attention mask and the score scale.
+/// What every layer of one forward pass shares: the batch's shape, RoPE tables at its positions
+/// (global, and local where the model has sliding layers), the attention masks and the query
+/// scale.
 pub(crate) struct LayerContext {
     b: usize,
     t: usize,
-    cos: Tensor,
-    sin: Tensor,
+    rope: (Tensor, Tensor),
+    rope_local: Option<(Tensor, Tensor)>,
     mask: Tensor,
+    /// The mask of sliding layers, by window.
+    window_masks: Vec<(usize, Tensor)>,
     scale: f64,
 }
 
-impl LlamaModel {
+impl DecoderModel {
     /// Runs the decoder and returns the final-normed hidden states, `(batch, seq, hidden_size)`.
     ///
     /// * `input_ids`: `(batch, seq)` `u32` token ids.
@@ -71,7 +75,7 @@ impl LlamaModel {
         self.forward_hidden_mode(input_ids, position_ids, key_mask, false)
     }
 
-    /// [`LlamaModel::forward_hidden`], with LoRA dropout on when `train`.
+    /// [`DecoderModel::forward_hidden`], with LoRA dropout on when `train`.
     pub(crate) fn forward_hidden_mode(
         &self,
         input_ids: &Tensor,
@@ -87,7 +91,7 @@ impl LlamaModel {
         self.final_norm(&x, &ctx)
     }
 
-    /// [`LlamaModel::forward_hidden`] for evaluation: no dropout, and each layer's output
+    /// [`DecoderModel::forward_hidden`] for evaluation: no dropout, and each layer's output
     /// detached from the autograd graph, so that only one layer's activations are alive at a time
     /// (with the weights being variables, the graph would otherwise keep every intermediate
     /// tensor of every layer until the result is dropped).
@@ -134,19 +138,56 @@ impl LlamaModel {
         }
         let hd = c.head_dim();
         let positions = position_ids.flatten_all()?;
+        let at_positions = |tables: &crate::model::rope::RopeTables| -> Result<(Tensor, Tensor)> {
+            let (cos, sin) = tables.tensors(self.dtype, &self.device)?;
+            Ok((
+                cos.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
+                sin.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
+            ))
+        };
+        let mut window_masks: Vec<(usize, Tensor)> = Vec::new();
+        for l in 0..c.num_hidden_layers {
+            if let Some(w) = c.layer_attention(l).window {
+                if !window_masks.iter().any(|(x, _)| *x == w) {
+                    window_masks.push((w, self.attention_mask(b, t, key_mask, Some(w))?));
+                }
+            }
+        }
         Ok(LayerContext {
             b,
             t,
-            cos: self.rope_cos.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
-            sin: self.rope_sin.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
-            mask: self.attention_mask(b, t, key_mask)?,
-            scale: 1.0 / (hd as f64).sqrt(),
+            rope: at_positions(&self.rope)?,
+            rope_local: self.rope_local.as_ref().map(at_positions).transpose()?,
+            mask: self.attention_mask(b, t, key_mask, None)?,
+            window_masks,
+            scale: 1.0 / c.query_scalar().sqrt(),
         })
     }
 
-    /// The token embeddings of `input_ids` `(batch, seq)`, flattened to `(batch * seq, hidden_size)`.
+    /// The token embeddings of `input_ids` `(batch, seq)`, flattened to `(batch * seq, hidden_size)`
+    /// and scaled as the family scales them.
     pub(crate) fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
-        Ok(self.param(&self.embed).index_select(&input_ids.flatten_all()?, 0)?)
+        let x = self.param(&self.embed).index_select(&input_ids.flatten_all()?, 0)?;
+        let scale = self.config.embed_scale();
+        Ok(if scale == 1.0 { x } else { (x * f64::from(scale))? })
+    }
+
+    /// `x Wᵀ (+ b)` for projection `p` of layer `li` (the bias, where the family has one, is frozen
+    /// with the base weights while adapters train).
+    fn projection(&self, li: usize, p: Proj, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.linear(li, p, x, train)?;
+        match self.layers[li].bias(p) {
+            Some(b) => Ok(y.broadcast_add(&self.param(b))?),
+            None => Ok(y),
+        }
+    }
+
+    /// RMSNorm of `x` with the optional norm weight `w` (identity when the family has none).
+    fn optional_norm(&self, x: Tensor, w: Option<&candle_core::Var>) -> Result<Tensor> {
+        match w {
+            Some(w) => rms_norm(&x, &self.param(w), self.config.rms_norm_eps),
+            None => Ok(x),
+        }
     }
 
     /// Decoder layer `li` on the residual stream `x` `(batch * seq, hidden_size)`.
@@ -156,23 +197,41 @@ impl LlamaModel {
         let (b, t) = (ctx.b, ctx.t);
         let (h, kv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let group = h / kv;
-        let hn = rms_norm(x, &self.param(&layer.input_norm), c.rms_norm_eps)?;
-        let heads = |p: Proj, n: usize| -> Result<Tensor> {
-            Ok(self.linear(li, p, &hn, train)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        let attention = c.layer_attention(li);
+        let (cos, sin) = match (&ctx.rope_local, attention.local_rope) {
+            (Some(local), true) => local,
+            _ => &ctx.rope,
+        };
+        let mask = match attention.window {
+            Some(w) => &ctx.window_masks.iter().find(|(x, _)| *x == w).expect("a mask per window").1,
+            None => &ctx.mask,
+        };
+        let hn = rms_norm(x, &self.param(&layer.attn_norm), c.rms_norm_eps)?;
+        // Projected heads `(b, n, t, hd)`, each head normalised where the family does (before RoPE).
+        let heads = |p: Proj, n: usize, norm: Option<&candle_core::Var>| -> Result<Tensor> {
+            let y = self.optional_norm(self.projection(li, p, &hn, train)?.reshape((b, t, n, hd))?, norm)?;
+            Ok(y.transpose(1, 2)?.contiguous()?)
         };
         // Scaling q (t × hd) instead of the scores (t × t) saves a pass over the largest tensor.
-        let q = (rope(&heads(Proj::Q, h)?, &ctx.cos, &ctx.sin)? * ctx.scale)?.reshape((b, kv, group * t, hd))?;
-        let k = rope(&heads(Proj::K, kv)?, &ctx.cos, &ctx.sin)?;
-        let v = heads(Proj::V, kv)?;
+        let q = rope(&heads(Proj::Q, h, layer.q_norm.as_ref())?, cos, sin)?;
+        let q = (q * ctx.scale)?.reshape((b, kv, group * t, hd))?;
+        let k = rope(&heads(Proj::K, kv, layer.k_norm.as_ref())?, cos, sin)?;
+        let v = heads(Proj::V, kv, None)?;
         // Query heads of one group share a key/value head: fold the group into the rows.
         let scores = q.matmul(&k.transpose(2, 3)?)?.reshape((b, kv, group, t, t))?;
-        let probs = softmax_last_dim(&scores.broadcast_add(&ctx.mask)?)?.reshape((b, kv, group * t, t))?;
+        let probs = softmax_last_dim(&scores.broadcast_add(mask)?)?.reshape((b, kv, group * t, t))?;
         let attn = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
-        let x = (x + self.linear(li, Proj::O, &attn, train)?)?;
-        let hn = rms_norm(&x, &self.param(&layer.post_norm), c.rms_norm_eps)?;
-        let gate = self.linear(li, Proj::Gate, &hn, train)?.silu()?;
+        let o = self.optional_norm(self.linear(li, Proj::O, &attn, train)?, layer.attn_post_norm.as_ref())?;
+        let x = (x + o)?;
+        let hn = rms_norm(&x, &self.param(&layer.mlp_norm), c.rms_norm_eps)?;
+        let gate = self.linear(li, Proj::Gate, &hn, train)?;
+        let gate = match c.activation()? {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
         let up = self.linear(li, Proj::Up, &hn, train)?;
-        Ok((&x + self.linear(li, Proj::Down, &(gate * up)?, train)?)?)
+        let down = self.linear(li, Proj::Down, &(gate * up)?, train)?;
+        Ok((&x + self.optional_norm(down, layer.mlp_post_norm.as_ref())?)?)
     }
 
     /// The final RMSNorm of the residual stream, reshaped to `(batch, seq, hidden_size)`.
@@ -187,7 +246,7 @@ impl LlamaModel {
     }
 
     /// Runs the decoder and returns logits `(batch, seq, vocab_size)`; see
-    /// [`LlamaModel::forward_hidden`] for the inputs.
+    /// [`DecoderModel::forward_hidden`] for the inputs.
     pub fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
         self.project(&self.forward_hidden(input_ids, position_ids, key_mask)?)
     }
@@ -206,9 +265,11 @@ impl LlamaModel {
         Ok(logp.gather(&targets, 1)?.squeeze(1)?.to_vec1()?)
     }
 
-    /// The additive mask `(batch, 1, 1, seq, seq)`: causal, plus padding keys when `key_mask` is given.
-    fn attention_mask(&self, b: usize, t: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        let causal: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { BLOCKED as f32 } else { 0.0 }).collect();
+    /// The additive mask `(batch, 1, 1, seq, seq)`: causal (within the last `window` keys when
+    /// given), plus padding keys when `key_mask` is given.
+    fn attention_mask(&self, b: usize, t: usize, key_mask: Option<&Tensor>, window: Option<usize>) -> Result<Tensor> {
+        let blocked = |query: usize, key: usize| key > query || window.is_some_and(|w| query - key >= w);
+        let causal: Vec<f32> = (0..t * t).map(|i| if blocked(i / t, i % t) { BLOCKED as f32 } else { 0.0 }).collect();
         let causal = Tensor::from_vec(causal, (1, 1, 1, t, t), &self.device)?.to_dtype(self.dtype)?;
         let Some(keys) = key_mask else { return Ok(causal) };
         if keys.dims() != [b, t] {

@@ -7,6 +7,7 @@
 //! forward pass lives in `forward.rs`, the fast no-grad sampling pass in `sample/infer.rs`, the
 //! written-out training pass in `train/fused/`.
 
+pub(crate) mod arch;
 pub(crate) mod config;
 mod forward;
 pub(crate) mod lora;
@@ -20,93 +21,119 @@ use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{EngineError, Result};
-use crate::model::config::LlamaConfig;
+use crate::model::arch::{layer_name, Part, EMBED, FINAL_NORM, LM_HEAD};
+use crate::model::config::ModelConfig;
 use crate::model::lora::{FrozenLinear, Lora, LoraConfig, Proj};
 use crate::model::rope::RopeTables;
 
-/// The parameters of one decoder layer.
+/// The parameters of one decoder layer: the seven projections and the two norms every family
+/// has, and the optional parts of [`Family::parts`](crate::model::arch::Family::parts).
 #[derive(Debug, Clone)]
 pub(crate) struct LayerVars {
-    pub q: Var,
-    pub k: Var,
-    pub v: Var,
-    pub o: Var,
-    pub gate: Var,
-    pub up: Var,
-    pub down: Var,
-    pub input_norm: Var,
-    pub post_norm: Var,
+    /// The projections' weights, indexed by [`Proj`].
+    pub proj: [Var; 7],
+    /// Biases of the query, key and value projections (Qwen2).
+    pub bias: [Option<Var>; 3],
+    pub attn_norm: Var,
+    pub mlp_norm: Var,
+    pub attn_post_norm: Option<Var>,
+    pub mlp_post_norm: Option<Var>,
+    pub q_norm: Option<Var>,
+    pub k_norm: Option<Var>,
 }
 
-/// A Llama-architecture decoder with trainable parameters.
-pub struct LlamaModel {
-    pub(crate) config: LlamaConfig,
+/// A decoder of one of the [`Family`](crate::model::arch::Family)s with trainable parameters.
+pub struct DecoderModel {
+    pub(crate) config: ModelConfig,
     varmap: VarMap,
     pub(crate) embed: Var,
     pub(crate) layers: Vec<LayerVars>,
     pub(crate) norm: Var,
     /// The output projection; `None` when tied to `embed`.
     pub(crate) lm_head: Option<Var>,
+    /// RoPE of the global layers (every layer but Gemma 3's sliding ones).
     pub(crate) rope: RopeTables,
-    /// `rope` as `(max_positions, head_dim/2)` tensors of the model's dtype.
-    pub(crate) rope_cos: Tensor,
-    pub(crate) rope_sin: Tensor,
+    /// RoPE of Gemma 3's sliding layers.
+    pub(crate) rope_local: Option<RopeTables>,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
     /// LoRA adapters; while attached, only they train and the base weights are frozen.
     pub(crate) lora: Option<Lora>,
 }
 
-impl std::fmt::Debug for LlamaModel {
+impl std::fmt::Debug for DecoderModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlamaModel").field("config", &self.config).field("dtype", &self.dtype).finish_non_exhaustive()
+        f.debug_struct("DecoderModel").field("config", &self.config).field("dtype", &self.dtype).finish_non_exhaustive()
     }
 }
 
-/// The Hugging Face name and shape of every parameter `config` implies, in a fixed order.
-pub fn parameter_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, hd, ff) = (config.hidden_size, config.head_dim(), config.intermediate_size);
-    let (q_out, kv_out) = (config.num_attention_heads * hd, config.kv_heads() * hd);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, d])];
-    for i in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        out.extend([
-            (format!("{p}.self_attn.q_proj.weight"), vec![q_out, d]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![kv_out, d]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![kv_out, d]),
-            (format!("{p}.self_attn.o_proj.weight"), vec![d, q_out]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![ff, d]),
-            (format!("{p}.mlp.up_proj.weight"), vec![ff, d]),
-            (format!("{p}.mlp.down_proj.weight"), vec![d, ff]),
-            (format!("{p}.input_layernorm.weight"), vec![d]),
-            (format!("{p}.post_attention_layernorm.weight"), vec![d]),
-        ]);
+/// The shape of layer part `part` in a model of `config`.
+fn part_shape(config: &ModelConfig, part: Part) -> Vec<usize> {
+    match part {
+        Part::Weight(p) => {
+            let (out, input) = proj_dims(config, p);
+            vec![out, input]
+        }
+        Part::Bias(p) => vec![proj_dims(config, p).0],
+        Part::QNorm | Part::KNorm => vec![config.head_dim()],
+        Part::AttnNorm | Part::AttnPostNorm | Part::MlpNorm | Part::MlpPostNorm => vec![config.hidden_size],
     }
-    out.push(("model.norm.weight".to_string(), vec![d]));
-    if !config.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![config.vocab_size, d]));
+}
+
+/// `(out, in)` of projection `p` in a model of `config`.
+pub(crate) fn proj_dims(config: &ModelConfig, p: Proj) -> (usize, usize) {
+    let (d, f, hd) = (config.hidden_size, config.intermediate_size, config.head_dim());
+    match p {
+        Proj::Q => (config.num_attention_heads * hd, d),
+        Proj::K | Proj::V => (config.kv_heads() * hd, d),
+        Proj::O => (d, config.num_attention_heads * hd),
+        Proj::Gate | Proj::Up => (f, d),
+        Proj::Down => (d, f),
+    }
+}
+
+/// The Hugging Face name and shape of every parameter `config` implies, in a fixed order: the
+/// embeddings, each layer's [`Family::parts`](crate::model::arch::Family::parts), the final norm, the untied output projection.
+pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let family = config.family;
+    let mut out = vec![(EMBED.to_string(), vec![config.vocab_size, config.hidden_size])];
+    for i in 0..config.num_hidden_layers {
+        for part in family.parts() {
+            out.push((layer_name(i, &family.hf_part(part)), part_shape(config, part)));
+        }
+    }
+    out.push((FINAL_NORM.to_string(), vec![config.hidden_size]));
+    if !config.tied() {
+        out.push((LM_HEAD.to_string(), vec![config.vocab_size, config.hidden_size]));
     }
     out
 }
 
-/// Whether a tensor of a checkpoint may be ignored: buffers some exporters write, and a duplicate
-/// `lm_head.weight` next to tied embeddings.
-fn ignorable(name: &str, config: &LlamaConfig) -> bool {
-    name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight")
+/// Whether a parameter is a norm weight (which Gemma's checkpoints store less one).
+fn is_norm(config: &ModelConfig, name: &str) -> bool {
+    name == FINAL_NORM || config.family.part_of(name).is_some_and(|(_, p)| p.is_norm())
 }
 
-impl LlamaModel {
+/// Whether a tensor of a checkpoint may be ignored: buffers some exporters write, and a duplicate
+/// `lm_head.weight` next to tied embeddings.
+fn ignorable(name: &str, config: &ModelConfig) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (config.tied() && name == LM_HEAD)
+}
+
+impl DecoderModel {
     /// A freshly initialised model: every matrix drawn from normal(0, 0.02), every norm weight 1.
     /// The same `seed` gives the same weights.
-    pub fn new_random(config: &LlamaConfig, seed: u64) -> Result<Self> {
+    pub fn new_random(config: &ModelConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let device = Device::Cpu;
         let mut tensors = HashMap::new();
         for (name, shape) in parameter_shapes(config) {
             let count: usize = shape.iter().product();
-            let values: Vec<f32> = if shape.len() == 1 {
-                vec![1.0; count]
+            let values: Vec<f32> = if is_norm(config, &name) {
+                vec![1.0 - config.family.norm_offset(); count]
+            } else if shape.len() == 1 {
+                vec![0.0; count]
             } else {
                 (0..count).map(|_| 0.02 * standard_normal(&mut rng)).collect()
             };
@@ -115,19 +142,33 @@ impl LlamaModel {
         Self::from_tensors(config, tensors, Path::new("<random init>"))
     }
 
-    /// Builds a model from named tensors (Hugging Face names), converting them to `f32`.
-    /// `origin` names the file they came from in error messages.
-    pub fn from_tensors(config: &LlamaConfig, tensors: HashMap<String, Tensor>, origin: &Path) -> Result<Self> {
+    /// Builds a model from named tensors (Hugging Face names and values), converting them to
+    /// `f32`. `origin` names the file they came from in error messages.
+    pub fn from_tensors(config: &ModelConfig, mut tensors: HashMap<String, Tensor>, origin: &Path) -> Result<Self> {
+        let offset = f64::from(config.family.norm_offset());
+        if offset != 0.0 {
+            for (name, t) in tensors.iter_mut() {
+                if is_norm(config, name) {
+                    *t = (t.to_dtype(DType::F32)? + offset)?;
+                }
+            }
+        }
         Self::build(config, tensors, origin, DType::F32)
     }
 
     /// A copy of this model whose parameters have type `dtype` (for example `F64` for
     /// finite-difference gradient checks). The copy shares no storage with `self`.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        Self::build(&self.config, self.named_tensors()?, Path::new("<copy>"), dtype)
+        Self::build(&self.config, self.own_tensors()?, Path::new("<copy>"), dtype)
     }
 
-    fn build(config: &LlamaConfig, mut tensors: HashMap<String, Tensor>, origin: &Path, dtype: DType) -> Result<Self> {
+    /// A snapshot of every parameter (detached copies) by Hugging Face name, with the engine's
+    /// values (norm weights multiplicative; `arch.rs`).
+    pub(crate) fn own_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        self.named_vars().into_iter().map(|(n, v)| Ok((n, v.as_tensor().copy()?.detach()))).collect()
+    }
+
+    fn build(config: &ModelConfig, mut tensors: HashMap<String, Tensor>, origin: &Path, dtype: DType) -> Result<Self> {
         config.validate()?;
         let weights_err = |name: &str, reason: String| EngineError::Weights {
             path: origin.to_path_buf(),
@@ -152,44 +193,48 @@ impl LlamaModel {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(vars.iter().map(|(n, v)| (n.clone(), v.clone())));
-        let take = |name: String| vars[&name].clone();
+        let family = config.family;
+        let parts = family.parts();
+        let take = |name: &str| vars[name].clone();
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let p = format!("model.layers.{i}");
+                // Only the family's parts: Llama's MLP norm has the name of Gemma's attention output norm.
+                let part = |p: Part| parts.contains(&p).then(|| take(&layer_name(i, &family.hf_part(p))));
+                let must = |p: Part| take(&layer_name(i, &family.hf_part(p)));
                 LayerVars {
-                    q: take(format!("{p}.self_attn.q_proj.weight")),
-                    k: take(format!("{p}.self_attn.k_proj.weight")),
-                    v: take(format!("{p}.self_attn.v_proj.weight")),
-                    o: take(format!("{p}.self_attn.o_proj.weight")),
-                    gate: take(format!("{p}.mlp.gate_proj.weight")),
-                    up: take(format!("{p}.mlp.up_proj.weight")),
-                    down: take(format!("{p}.mlp.down_proj.weight")),
-                    input_norm: take(format!("{p}.input_layernorm.weight")),
-                    post_norm: take(format!("{p}.post_attention_layernorm.weight")),
+                    proj: Proj::ALL.map(|p| must(Part::Weight(p))),
+                    bias: [Proj::Q, Proj::K, Proj::V].map(|p| part(Part::Bias(p))),
+                    attn_norm: must(Part::AttnNorm),
+                    mlp_norm: must(Part::MlpNorm),
+                    attn_post_norm: part(Part::AttnPostNorm),
+                    mlp_post_norm: part(Part::MlpPostNorm),
+                    q_norm: part(Part::QNorm),
+                    k_norm: part(Part::KNorm),
                 }
             })
             .collect();
-        let rope = RopeTables::new(config.head_dim(), config.rope_theta, config.max_position_embeddings);
-        let device = Device::Cpu;
-        let (rope_cos, rope_sin) = rope.tensors(dtype, &device)?;
+        let (hd, positions) = (config.head_dim(), config.max_position_embeddings);
+        let rope = RopeTables::new(hd, config.rope_theta, positions, config.rope_scaling()?);
+        let rope_local = (0..config.num_hidden_layers)
+            .any(|l| config.layer_attention(l).local_rope)
+            .then(|| RopeTables::new(hd, config.rope_local_base_freq.unwrap_or(10_000.0), positions, None));
         Ok(Self {
             config: config.clone(),
-            embed: take("model.embed_tokens.weight".into()),
+            embed: take(EMBED),
             layers,
-            norm: take("model.norm.weight".into()),
-            lm_head: (!config.tie_word_embeddings).then(|| take("lm_head.weight".into())),
+            norm: take(FINAL_NORM),
+            lm_head: (!config.tied()).then(|| take(LM_HEAD)),
             varmap,
             rope,
-            rope_cos,
-            rope_sin,
+            rope_local,
             dtype,
-            device,
+            device: Device::Cpu,
             lora: None,
         })
     }
 
     /// The model's shape.
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -210,14 +255,31 @@ impl LlamaModel {
             .collect()
     }
 
-    /// A snapshot of every parameter (detached copies), by Hugging Face name.
+    /// A snapshot of every parameter (detached copies), by Hugging Face name, with Hugging Face's
+    /// values (Gemma's norm weights less one; `arch.rs`).
     pub fn named_tensors(&self) -> Result<HashMap<String, Tensor>> {
-        self.named_vars().into_iter().map(|(n, v)| Ok((n, v.as_tensor().copy()?.detach()))).collect()
+        let offset = f64::from(self.config.family.norm_offset());
+        self.named_vars()
+            .into_iter()
+            .map(|(n, v)| {
+                let t = v.as_tensor().copy()?.detach();
+                let t = if offset != 0.0 && is_norm(&self.config, &n) { (t - offset)? } else { t };
+                Ok((n, t))
+            })
+            .collect()
+    }
+
+    /// RoPE tables of layer `layer`.
+    pub(crate) fn rope_for(&self, layer: usize) -> &RopeTables {
+        match &self.rope_local {
+            Some(local) if self.config.layer_attention(layer).local_rope => local,
+            _ => &self.rope,
+        }
     }
 
     /// Overwrites every parameter with the matching tensor of `other` (same config required).
     /// This is how the loop resets to the base model without reallocating.
-    pub fn copy_weights_from(&self, other: &LlamaModel) -> Result<()> {
+    pub fn copy_weights_from(&self, other: &DecoderModel) -> Result<()> {
         if other.config != self.config {
             return Err(EngineError::invalid("copy_weights_from: the two models have different configs"));
         }
@@ -234,7 +296,7 @@ impl LlamaModel {
 }
 
 /// LoRA: attaching, resetting, merging adapters, and the weights the other passes read.
-impl LlamaModel {
+impl DecoderModel {
     /// Attaches fresh adapters (`B = 0`: the model's output is unchanged) drawn from `seed`. From
     /// now on only the adapters train. Replaces adapters already attached.
     pub fn attach_lora(&mut self, config: LoraConfig, seed: u64) -> Result<()> {
@@ -291,7 +353,7 @@ impl LlamaModel {
         self.lora.as_ref().map(|l| l.dropout_state())
     }
 
-    /// Restores a state taken with [`LlamaModel::dropout_state`].
+    /// Restores a state taken with [`DecoderModel::dropout_state`].
     pub(crate) fn set_dropout_state(&self, state: Option<rand::rngs::StdRng>) {
         if let (Some(lora), Some(state)) = (&self.lora, state) {
             lora.set_dropout_state(state);
@@ -332,14 +394,14 @@ impl LlamaModel {
 impl LayerVars {
     /// The weight of projection `p`.
     pub(crate) fn weight(&self, p: Proj) -> &Var {
+        &self.proj[p as usize]
+    }
+
+    /// The bias of projection `p`, where the family has one.
+    pub(crate) fn bias(&self, p: Proj) -> Option<&Var> {
         match p {
-            Proj::Q => &self.q,
-            Proj::K => &self.k,
-            Proj::V => &self.v,
-            Proj::O => &self.o,
-            Proj::Gate => &self.gate,
-            Proj::Up => &self.up,
-            Proj::Down => &self.down,
+            Proj::Q | Proj::K | Proj::V => self.bias[p as usize].as_ref(),
+            _ => None,
         }
     }
 }

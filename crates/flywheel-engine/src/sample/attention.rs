@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use crate::sample::kernels::{dot_simd, softmax, HeadShape};
+use crate::sample::kernels::{dot_simd, softmax_from, HeadShape};
 use crate::sample::kv_cache::KvCache;
 
 /// Keys per block of a shared level: 32 keys of SmolLM2's three key/value heads are 24 KB of keys
@@ -52,7 +52,7 @@ pub(crate) fn attend_rows<S: pulp::Simd>(
     let (hd, heads) = (shape.head_dim, shape.heads);
     let kvw = shape.kv_heads * hd;
     let group = heads / shape.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = shape.scale;
 
     // The levels, in the order first met: every row meets its own levels in position order, and a
     // level is always met after the ones it extends, so each row's levels stay in order below.
@@ -98,7 +98,7 @@ pub(crate) fn attend_rows<S: pulp::Simd>(
     }
     for (r, &n) in keys.iter().enumerate() {
         for row in scores[offsets[r]..][..heads * n].chunks_exact_mut(n.max(1)) {
-            softmax(row);
+            softmax_from(row, shape.first_key(n));
         }
         rows[r].out.fill(0.0);
     }

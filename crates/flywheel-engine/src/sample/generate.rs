@@ -461,7 +461,7 @@ mod tests {
     use flywheel_core::NullReporter;
 
     use super::*;
-    use crate::model::LlamaModel;
+    use crate::model::DecoderModel;
     use crate::testing::{small_config, ALPHABET};
 
     /// A few-shot-like preamble over the test alphabet: 48 characters, one token each.
@@ -481,7 +481,7 @@ mod tests {
             let tokenizer = TextTokenizer::char_level(ALPHABET).unwrap();
             let mut config = small_config(tokenizer.vocab_size(), true);
             config.max_position_embeddings = 128;
-            let model = LlamaModel::new_random(&config, 31).unwrap();
+            let model = DecoderModel::new_random(&config, 31).unwrap();
             let eos = [config.eos_ids()[0]];
             let model = InferenceModel::new(&model, format).unwrap();
             Self { model, tokenizer, eos, bos: config.bos_token_id, max_positions: config.max_position_embeddings }

@@ -20,11 +20,12 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
+use crate::model::arch::Activation;
 use crate::model::lora::Proj;
 use crate::model::rope::RopeTables;
-use crate::model::LlamaModel;
+use crate::model::DecoderModel;
 use crate::sample::attention::{attend_rows, DecodeRow};
-use crate::sample::kernels::{add_assign, attend, rms_norm_rows, silu_mul, HeadShape};
+use crate::sample::kernels::{add_assign, attend, gated, rms_norm_in_place, rms_norm_rows, HeadShape};
 use crate::sample::kv_cache::KvCache;
 use crate::sample::quant::{WeightFormat, Weights};
 
@@ -32,16 +33,30 @@ use crate::sample::quant::{WeightFormat, Weights};
 const MIN_SPLIT_SEQUENCES: usize = 16;
 
 /// One layer's weights, fused where that saves a product; matrices in the sampler's
-/// [`WeightFormat`], norms in `f32`.
+/// [`WeightFormat`], norms and biases in `f32`; the family's optional parts (`model/arch.rs`)
+/// where it has them.
 struct InferLayer {
     attn_norm: Vec<f32>,
     /// `[q; k; v]` projections stacked: `(q_width + 2 kv_width, hidden)`.
     wqkv: Weights,
+    /// `[q; k; v]` biases stacked (Qwen2).
+    qkv_bias: Option<Vec<f32>>,
+    /// Per-head norms of queries and keys (Qwen3, Gemma 3), `head_dim` wide.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Weights,
+    /// The norm of attention's output before the residual add (Gemma).
+    attn_post_norm: Option<Vec<f32>>,
     mlp_norm: Vec<f32>,
     /// `[gate; up]` stacked: `(2 ff, hidden)`.
     wgu: Weights,
     wdown: Weights,
+    /// The norm of the MLP's output before the residual add (Gemma).
+    mlp_post_norm: Option<Vec<f32>>,
+    /// Heads, query scale and sliding window of this layer's attention.
+    shape: HeadShape,
+    /// Whether the layer rotates with the local RoPE tables.
+    local_rope: bool,
 }
 
 /// The new tokens of one sequence for one [`InferenceModel::step`].
@@ -54,7 +69,7 @@ pub(crate) struct StepInput<'a> {
     pub positions: &'a [u32],
 }
 
-/// A frozen snapshot of a [`LlamaModel`] for sampling (matrices in a [`WeightFormat`]). Build one
+/// A frozen snapshot of a [`DecoderModel`] for sampling (matrices in a [`WeightFormat`]). Build one
 /// per generation call; it does not follow later training updates.
 pub(crate) struct InferenceModel {
     hidden: usize,
@@ -65,16 +80,24 @@ pub(crate) struct InferenceModel {
     vocab: usize,
     eps: f32,
     embed: Vec<f32>,
+    /// The multiplier of embeddings on the way in (Gemma's `sqrt(hidden)`).
+    embed_scale: f32,
+    activation: Activation,
     layers: Vec<InferLayer>,
     norm: Vec<f32>,
     lm_head: Weights,
     rope: RopeTables,
+    rope_local: Option<RopeTables>,
     /// The SIMD level the per-row kernels are compiled for, detected once.
     arch: pulp::Arch,
 }
 
 fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+fn optional_vec(v: Option<&candle_core::Var>) -> Result<Option<Vec<f32>>> {
+    v.map(|v| f32_vec(v)).transpose()
 }
 
 /// `parts` stacked by rows, in `format`; `precise`: see [`Weights::stacked`].
@@ -86,7 +109,7 @@ fn f32_mat(parts: &[&Tensor], format: WeightFormat, precise: bool) -> Result<Wei
 
 impl InferenceModel {
     /// Snapshots `model`'s current weights, its matrices converted to `format`.
-    pub fn new(model: &LlamaModel, format: WeightFormat) -> Result<Self> {
+    pub fn new(model: &DecoderModel, format: WeightFormat) -> Result<Self> {
         let c = &model.config;
         // LoRA adapters, when attached, are merged into these copies (W + scale * B A). The query,
         // key and value projections get precise activations on the int8 kernel: attention's
@@ -99,13 +122,39 @@ impl InferenceModel {
             .enumerate()
             .map(|(i, l)| {
                 let w = |p: Proj| model.merged_weight(i, p);
+                let qkv_bias = if l.bias.iter().any(Option::is_some) {
+                    let mut bias = Vec::new();
+                    for p in [Proj::Q, Proj::K, Proj::V] {
+                        match l.bias(p) {
+                            Some(b) => bias.extend(f32_vec(b)?),
+                            None => bias.resize(bias.len() + crate::model::proj_dims(c, p).0, 0.0),
+                        }
+                    }
+                    Some(bias)
+                } else {
+                    None
+                };
+                let attention = c.layer_attention(i);
                 Ok(InferLayer {
-                    attn_norm: f32_vec(&l.input_norm)?,
+                    attn_norm: f32_vec(&l.attn_norm)?,
                     wqkv: f32_mat(&[&w(Proj::Q)?, &w(Proj::K)?, &w(Proj::V)?], format, true)?,
+                    qkv_bias,
+                    q_norm: optional_vec(l.q_norm.as_ref())?,
+                    k_norm: optional_vec(l.k_norm.as_ref())?,
                     wo: f32_mat(&[&w(Proj::O)?], format, false)?,
-                    mlp_norm: f32_vec(&l.post_norm)?,
+                    attn_post_norm: optional_vec(l.attn_post_norm.as_ref())?,
+                    mlp_norm: f32_vec(&l.mlp_norm)?,
                     wgu: f32_mat(&[&w(Proj::Gate)?, &w(Proj::Up)?], format, false)?,
                     wdown: f32_mat(&[&w(Proj::Down)?], format, false)?,
+                    mlp_post_norm: optional_vec(l.mlp_post_norm.as_ref())?,
+                    shape: HeadShape {
+                        heads: c.num_attention_heads,
+                        kv_heads: c.kv_heads(),
+                        head_dim: c.head_dim(),
+                        scale: c.query_scale(),
+                        window: attention.window,
+                    },
+                    local_rope: attention.local_rope,
                 })
             })
             .collect::<Result<_>>()?;
@@ -118,10 +167,13 @@ impl InferenceModel {
             vocab: c.vocab_size,
             eps: c.rms_norm_eps as f32,
             embed: f32_vec(&model.embed)?,
+            embed_scale: c.embed_scale(),
+            activation: c.activation()?,
             layers,
             norm: f32_vec(&model.norm)?,
             lm_head: f32_mat(&[model.lm_head.as_ref().unwrap_or(&model.embed)], format, false)?,
             rope: model.rope.clone(),
+            rope_local: model.rope_local.clone(),
             arch: pulp::Arch::new(),
         })
     }
@@ -186,7 +238,7 @@ impl InferenceModel {
         let mut x = Vec::with_capacity(rows * d);
         for s in seqs.iter() {
             for &t in s.tokens {
-                x.extend_from_slice(&self.embed[t as usize * d..][..d]);
+                x.extend(self.embed[t as usize * d..][..d].iter().map(|e| e * self.embed_scale));
             }
         }
         let (qw, kvw) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
@@ -194,6 +246,11 @@ impl InferenceModel {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm_rows(&x, &layer.attn_norm, self.eps);
             let mut qkv = layer.wqkv.matmul(&h, rows)?;
+            if let Some(bias) = &layer.qkv_bias {
+                for row in qkv.chunks_exact_mut(width) {
+                    add_assign(row, bias);
+                }
+            }
             let mut attn = vec![0f32; rows * qw];
             // Per-sequence work (RoPE, cache append, attention) touches only that sequence's rows
             // and cache: run sequences in parallel.
@@ -226,10 +283,18 @@ impl InferenceModel {
             decode.par_chunks_mut(part).for_each(|rows| {
                 self.arch.dispatch(DecodeAttention { model: self, rows, layer: li });
             });
-            add_assign(&mut x, &layer.wo.matmul(&attn, rows)?);
+            let mut o = layer.wo.matmul(&attn, rows)?;
+            if let Some(w) = &layer.attn_post_norm {
+                rms_norm_in_place(&mut o, w, self.eps);
+            }
+            add_assign(&mut x, &o);
             let h = rms_norm_rows(&x, &layer.mlp_norm, self.eps);
             let gu = layer.wgu.matmul(&h, rows)?;
-            add_assign(&mut x, &layer.wdown.matmul(&silu_mul(&gu, self.ff), rows)?);
+            let mut m = layer.wdown.matmul(&gated(&gu, self.ff, self.activation), rows)?;
+            if let Some(w) = &layer.mlp_post_norm {
+                rms_norm_in_place(&mut m, w, self.eps);
+            }
+            add_assign(&mut x, &m);
         }
         let mut last = Vec::with_capacity(seqs.len() * d);
         let mut end = 0;
@@ -257,10 +322,21 @@ impl InferenceModel {
         let (qw, kvw) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let width = qw + 2 * kvw;
         let n = s.tokens.len();
+        let l = &self.layers[layer];
+        let rope = match (&self.rope_local, l.local_rope) {
+            (Some(local), true) => local,
+            _ => &self.rope,
+        };
         let (mut ks, mut vs) = (Vec::with_capacity(n * kvw), Vec::with_capacity(n * kvw));
         for (r, &pos) in block.chunks_exact_mut(width).zip(s.positions) {
+            if let Some(w) = &l.q_norm {
+                rms_norm_in_place(&mut r[..qw], w, self.eps);
+            }
+            if let Some(w) = &l.k_norm {
+                rms_norm_in_place(&mut r[qw..qw + kvw], w, self.eps);
+            }
             for head in r[..qw + kvw].chunks_exact_mut(self.head_dim) {
-                self.rope.rotate(head, pos as usize);
+                rope.rotate(head, pos as usize);
             }
             ks.extend_from_slice(&r[qw..qw + kvw]);
             vs.extend_from_slice(&r[qw + kvw..]);
@@ -272,8 +348,7 @@ impl InferenceModel {
         }
         let mut scores = Vec::new();
         for (i, (r, o)) in block.chunks_exact(width).zip(out.chunks_exact_mut(qw)).enumerate() {
-            let shape = HeadShape { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim };
-            attend(simd, shape, &r[..qw], s.cache, layer, before + i + 1, o, &mut scores);
+            attend(simd, l.shape, &r[..qw], s.cache, layer, before + i + 1, o, &mut scores);
         }
     }
 }
@@ -290,8 +365,7 @@ impl pulp::WithSimd for DecodeAttention<'_, '_, '_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let m = self.model;
-        let shape = HeadShape { heads: m.heads, kv_heads: m.kv_heads, head_dim: m.head_dim };
+        let shape = self.model.layers[self.layer].shape;
         attend_rows(simd, shape, self.layer, self.rows, &mut Vec::new());
     }
 }
@@ -348,6 +422,25 @@ mod tests {
             for (i, row) in got.iter().enumerate() {
                 let diff = max_abs_diff(row, &reference[split - 1 + i]);
                 assert!(diff < 1e-4, "tied={tied} position {}: max |diff| {diff}", split - 1 + i);
+            }
+        }
+    }
+
+    /// Every family's optional parts in the sampler: the same logits as the training path, for a
+    /// sequence longer than Gemma's window of 4, prefilled in part then decoded token by token
+    /// (the decode rows go through `attention.rs`, the prefill through `attend`).
+    #[test]
+    fn every_family_samples_as_the_training_path_computes() {
+        for family in crate::model::arch::FAMILIES {
+            let model = crate::testing::family_model(family, 6);
+            let fast = InferenceModel::new(&model, WeightFormat::F32).unwrap();
+            let ids = [3u32, 9, 4, 13, 5, 6, 17, 8, 3, 3, 10, 15];
+            let reference = reference_logits(&model, &ids);
+            for split in [1, 6] {
+                for (i, row) in fast_logits(&fast, &ids, split).iter().enumerate() {
+                    let diff = max_abs_diff(row, &reference[split - 1 + i]);
+                    assert!(diff < 1e-4, "{family}, split {split}, position {}: max |diff| {diff}", split - 1 + i);
+                }
             }
         }
     }

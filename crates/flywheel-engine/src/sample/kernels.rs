@@ -8,17 +8,38 @@
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
+use crate::model::arch::Activation;
 use crate::sample::kv_cache::KvCache;
 
 /// gemm sends products with `m * n` up to this to a kernel with its own summation order.
 const GEMM_SMALL_PRODUCT: usize = 256;
 
-/// Head counts and width of one attention layer.
+/// Head counts and width of one attention layer, its query scale and its window.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HeadShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// The scores' scale (`head_dim^-1/2`, or the family's).
+    pub scale: f32,
+    /// The most recent keys a query sees (sliding-window layers), `None` for all.
+    pub window: Option<usize>,
+}
+
+impl HeadShape {
+    /// The first key a query that sees `keys` keys attends to.
+    #[inline(always)]
+    pub fn first_key(&self, keys: usize) -> usize {
+        self.window.map_or(0, |w| keys.saturating_sub(w))
+    }
+}
+
+/// `row` replaced by the softmax of its entries from `first` on, zeros before: the
+/// probabilities of a query that sees only keys `first..`.
+#[inline(always)]
+pub(crate) fn softmax_from(row: &mut [f32], first: usize) {
+    row[..first].fill(0.0);
+    softmax(&mut row[first..]);
 }
 
 /// Attention of one query row (all heads) over the first `keys` entries of `cache`'s layer.
@@ -39,7 +60,8 @@ pub(crate) fn attend<S: pulp::Simd>(
     let hd = shape.head_dim;
     let kvw = shape.kv_heads * hd;
     let group = shape.heads / shape.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = shape.scale;
+    let first = shape.first_key(keys);
     scores.clear();
     scores.resize(group * keys, 0.0);
     for kvh in 0..shape.kv_heads {
@@ -52,7 +74,7 @@ pub(crate) fn attend<S: pulp::Simd>(
             }
         }
         for row in scores.chunks_exact_mut(keys) {
-            softmax(row);
+            softmax_from(row, first);
         }
         let os = &mut out[kvh * group * hd..][..group * hd];
         for (g, oh) in os.chunks_exact_mut(hd).enumerate() {
@@ -159,6 +181,17 @@ pub(crate) fn linear(x: &[f32], rows: usize, w: &Tensor) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// RMSNorm of every row of `x` (rows of `w.len()` floats), in place.
+pub(crate) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let ms = dot(row, row) / w.len() as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (a, &g) in row.iter_mut().zip(w) {
+            *a = *a * inv * g;
+        }
+    }
+}
+
 /// RMSNorm of every row of `x` (rows of `w.len()` floats).
 pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
@@ -212,14 +245,27 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// SwiGLU activation of fused `[gate | up]` rows (`2 ff` wide): `silu(gate) * up`, `ff` wide.
-pub(crate) fn silu_mul(gu: &[f32], ff: usize) -> Vec<f32> {
+/// The gated activation of fused `[gate | up]` rows (`2 ff` wide): `act(gate) * up`, `ff` wide
+/// (SwiGLU, or GeGLU with GELU's tanh approximation).
+pub(crate) fn gated(gu: &[f32], ff: usize, activation: Activation) -> Vec<f32> {
     let mut act = Vec::with_capacity(gu.len() / 2);
     for r in gu.chunks_exact(2 * ff) {
         let (g, u) = r.split_at(ff);
-        act.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
+        match activation {
+            Activation::Silu => act.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)),
+            Activation::GeluTanh => act.extend(g.iter().zip(u).map(|(&g, &u)| gelu_tanh(g) * u)),
+        }
     }
     act
+}
+
+/// `sqrt(2 / π)`, GELU's tanh approximation's constant.
+pub(crate) const GELU_C: f32 = 0.797_884_6;
+
+/// GELU, tanh approximation: `x/2 · (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))`.
+#[inline(always)]
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_C * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 #[cfg(test)]

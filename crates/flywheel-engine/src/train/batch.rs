@@ -11,7 +11,7 @@ use candle_core::{backprop::GradStore, Device, Tensor, Var};
 
 use super::options::TrainOptions;
 use crate::error::{EngineError, Result};
-use crate::model::LlamaModel;
+use crate::model::DecoderModel;
 use crate::text::template::TokenizedExample;
 
 /// One padded batch: inputs, positions, and which flattened rows predict which target.
@@ -56,7 +56,7 @@ pub(crate) fn make_batch(examples: &[&TokenizedExample], pad_id: u32, device: &D
 }
 
 /// Mean cross-entropy of `batch`'s targets (differentiable, plain tensor ops).
-pub(crate) fn batch_loss(model: &LlamaModel, batch: &Batch) -> Result<Tensor> {
+pub(crate) fn batch_loss(model: &DecoderModel, batch: &Batch) -> Result<Tensor> {
     let hidden = model.forward_hidden_mode(&batch.input_ids, &batch.position_ids, None, true)?;
     loss_of_hidden(model, &hidden, batch)
 }
@@ -65,7 +65,7 @@ pub(crate) fn batch_loss(model: &LlamaModel, batch: &Batch) -> Result<Tensor> {
 /// evaluation pass in micro-batches of at most `budget` padded tokens, with no dropout and no
 /// gradient kept. Examples without a target token are skipped.
 pub(crate) fn summed_loss(
-    model: &LlamaModel,
+    model: &DecoderModel,
     examples: &[&TokenizedExample],
     budget: usize,
     pad_id: u32,
@@ -84,7 +84,7 @@ pub(crate) fn summed_loss(
 }
 
 /// Mean cross-entropy of `batch`'s targets given the final hidden states `(batch, seq, hidden)`.
-fn loss_of_hidden(model: &LlamaModel, hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
+fn loss_of_hidden(model: &DecoderModel, hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
     let d = model.config().hidden_size;
     let rows = hidden.reshape(((), d))?.index_select(&batch.target_rows, 0)?;
     let logits = model.project(&rows)?; // (n, vocab)
@@ -127,7 +127,7 @@ pub(crate) fn micro_batches<'a>(examples: &[&'a TokenizedExample], budget: usize
 
 /// Forward and backward passes over `examples` in micro-batches, gradients of `vars` summed.
 pub(crate) fn accumulate_gradients(
-    model: &LlamaModel,
+    model: &DecoderModel,
     vars: &[Var],
     examples: &[&TokenizedExample],
     options: &TrainOptions,
@@ -170,7 +170,7 @@ fn add_grads(acc: &mut GradStore, vars: &[Var], grads: &GradStore) -> Result<()>
 /// the gradient of `sum(output · g)`). Peak memory holds one layer's graph instead of all of them,
 /// for one more forward pass of compute. Returns the weighted loss.
 fn checkpointed_backward(
-    model: &LlamaModel,
+    model: &DecoderModel,
     vars: &[Var],
     batch: &Batch,
     share: f64,
@@ -303,7 +303,7 @@ mod tests {
             let gap = gradient_gap(&a, &b, &vars);
             assert!(gap < 1e-5, "full fine-tuning, tied {tied}: {gap}");
         }
-        let lora = |model: &mut LlamaModel| {
+        let lora = |model: &mut DecoderModel| {
             let config =
                 crate::model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Proj::ALL.to_vec() };
             model.attach_lora(config, 9).unwrap();
@@ -329,7 +329,7 @@ mod tests {
             let gap = max(&(a.grads.get(v1).unwrap() - b.grads.get(v2).unwrap()).unwrap()) / scale;
             assert!(gap < 1e-5, "LoRA: {gap}");
         }
-        let next = |m: &LlamaModel| rand::Rng::random::<u64>(&mut m.dropout_state().unwrap());
+        let next = |m: &DecoderModel| rand::Rng::random::<u64>(&mut m.dropout_state().unwrap());
         assert_eq!(next(&one), next(&two), "the dropout generator ends where the plain pass leaves it");
     }
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor, Var};
 use flywheel_core::{NullReporter, TrainExample, TrainingParams};
 
 use super::batch::{batch_loss, make_batch};
-use crate::model::LlamaModel;
+use crate::model::DecoderModel;
 use crate::testing::small_model;
 use crate::text::template::{tokenize_example, RawFormat, TokenizedExample};
 use crate::text::tokenizer::TextTokenizer;
@@ -24,7 +24,7 @@ fn examples(tok: &TextTokenizer) -> Vec<TokenizedExample> {
         .collect()
 }
 
-fn loss_of(model: &LlamaModel, exs: &[TokenizedExample]) -> Tensor {
+fn loss_of(model: &DecoderModel, exs: &[TokenizedExample]) -> Tensor {
     let refs: Vec<&TokenizedExample> = exs.iter().collect();
     let batch = make_batch(&refs, 0, &candle_core::Device::Cpu).unwrap();
     batch_loss(model, &batch).unwrap()

@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::error::{EngineError, Result};
-use crate::model::LlamaModel;
+use crate::model::DecoderModel;
 use crate::text::template::TokenizedExample;
 use batch::accumulate_gradients;
 use fused::FusedTrainer;
@@ -89,7 +89,7 @@ impl AutogradStep {
     /// One step; returns (mean loss, target tokens, input tokens).
     fn step(
         &mut self,
-        model: &LlamaModel,
+        model: &DecoderModel,
         vars: &[Var],
         picked: &[&TokenizedExample],
         options: &TrainOptions,
@@ -108,7 +108,7 @@ impl AutogradStep {
 
 /// Trains `model` in place on `examples` (already tokenized) for `params.steps` steps.
 pub fn train(
-    model: &LlamaModel,
+    model: &DecoderModel,
     examples: &[TokenizedExample],
     params: &TrainingParams,
     options: &TrainOptions,

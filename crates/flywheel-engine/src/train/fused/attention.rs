@@ -12,12 +12,16 @@ use rayon::prelude::*;
 
 use crate::gemm::{matmul, MatMut, MatRef};
 
-/// Head counts and width.
+/// Head counts and width, the query scale and the sliding window of one layer.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Heads {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// The scores' scale (`head_dim^-1/2`, or the family's).
+    pub scale: f32,
+    /// The most recent keys (itself included) a query sees, `None` for all before it.
+    pub window: Option<usize>,
 }
 
 impl Heads {
@@ -28,7 +32,7 @@ impl Heads {
         self.kv_heads * self.head_dim
     }
     fn scale(self) -> f32 {
-        1.0 / (self.head_dim as f32).sqrt()
+        self.scale
     }
 }
 
@@ -55,12 +59,24 @@ enum Norm<'a> {
 }
 
 /// Fills `probs` (`n × n`) with the causal softmax of `scale · q kᵀ` for one head of one sequence
-/// (zeros above the diagonal).
-fn probabilities(probs: &mut [f32], q: MatRef<'_>, k: MatRef<'_>, scale: f32, n: usize, mut norm: Norm<'_>) {
+/// (zeros above the diagonal, and before the window where there is one).
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    probs: &mut [f32],
+    q: MatRef<'_>,
+    k: MatRef<'_>,
+    scale: f32,
+    window: Option<usize>,
+    n: usize,
+    mut norm: Norm<'_>,
+) {
     matmul(MatMut::new(probs, n, n), q, k.t(), scale, false, false);
     for (i, row) in probs.chunks_exact_mut(n).enumerate() {
-        let (live, masked) = row.split_at_mut(i + 1);
+        let first = window.map_or(0, |w| (i + 1).saturating_sub(w));
+        let (seen, masked) = row.split_at_mut(i + 1);
         masked.fill(0.0);
+        let (before, live) = seen.split_at_mut(first);
+        before.fill(0.0);
         let lse = match &mut norm {
             Norm::Given { lse, stride } => lse[i * *stride],
             Norm::Compute(out) => {
@@ -118,7 +134,7 @@ pub(super) fn forward(
             let qh = MatRef::strided(&q[s.start * qw + h * hd..], n, hd, qw);
             let kk = MatRef::strided(&k[s.start * kw + kh * hd..], n, hd, kw);
             let vv = MatRef::strided(&v[s.start * kw + kh * hd..], n, hd, kw);
-            probabilities(probs, qh, kk, shape.scale(), n, Norm::Compute(&mut row_lse[..n]));
+            probabilities(probs, qh, kk, shape.scale(), shape.window, n, Norm::Compute(&mut row_lse[..n]));
             for (i, &l) in row_lse[..n].iter().enumerate() {
                 lse[i * shape.heads + h] = l;
             }
@@ -169,7 +185,7 @@ pub(super) fn backward(
             let vv = MatRef::strided(&v[s.start * kw + kh * hd..], n, hd, kw);
             let dh = MatRef::strided(&dout[s.start * qw + h * hd..], n, hd, qw);
             let norm = Norm::Given { lse: &lse[s.start * shape.heads + h..], stride: shape.heads };
-            probabilities(&mut probs[..n * n], qh, kk, scale, n, norm);
+            probabilities(&mut probs[..n * n], qh, kk, scale, shape.window, n, norm);
             let p = MatRef::new(&probs[..n * n], n, n);
             matmul(MatMut::strided(&mut dv[kh * hd..], n, hd, kw), p.t(), dh, 1.0, !first, false);
             matmul(MatMut::new(dprobs, n, n), dh, vv.t(), 1.0, false, false);

@@ -4,7 +4,9 @@
 
 use rayon::prelude::*;
 
+use crate::model::arch::Activation;
 use crate::model::rope::RopeTables;
+use crate::sample::kernels::GELU_C;
 
 /// Rows handed to one rayon task at least: below this, splitting costs more than it saves.
 const MIN_ROWS: usize = 8;
@@ -93,27 +95,70 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// SwiGLU: `out = silu(gate) · up`.
-pub(super) fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// The gate activation and its derivative at `g`.
+#[inline(always)]
+fn activation(act: Activation, g: f32) -> (f32, f32) {
+    match act {
+        Activation::Silu => {
+            // silu'(g) = σ(g) (1 + g (1 − σ(g)))
+            let s = sigmoid(g);
+            (g * s, s * (1.0 + g * (1.0 - s)))
+        }
+        Activation::GeluTanh => {
+            // gelu(g) = g/2 (1 + tanh u), u = c (g + 0.044715 g³)
+            let u = GELU_C * (g + 0.044_715 * g * g * g);
+            let t = u.tanh();
+            let du = GELU_C * (1.0 + 3.0 * 0.044_715 * g * g);
+            (0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * du)
+        }
+    }
+}
+
+/// The gated MLP's product: `out = act(gate) · up` (SwiGLU, or GeGLU).
+pub(super) fn gated(gate: &[f32], up: &[f32], out: &mut [f32], act: Activation) {
     out.par_chunks_mut(4096).zip(gate.par_chunks(4096)).zip(up.par_chunks(4096)).for_each(|((o, g), u)| {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g * sigmoid(g) * u;
+            *o = activation(act, g).0 * u;
         }
     });
 }
 
-/// The backward pass of [`swiglu`]: `dgate = dout · up · silu'(gate)`, `dup = dout · silu(gate)`,
-/// with `silu'(g) = σ(g) (1 + g (1 − σ(g)))`.
-pub(super) fn swiglu_backward(dout: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+/// The backward pass of [`gated`]: `dgate = dout · up · act'(gate)`, `dup = dout · act(gate)`.
+pub(super) fn gated_backward(
+    dout: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    dgate: &mut [f32],
+    dup: &mut [f32],
+    act: Activation,
+) {
     dgate.par_chunks_mut(4096).zip(dup.par_chunks_mut(4096)).enumerate().for_each(|(c, (dg, du))| {
         let at = c * 4096;
         for (i, (dg, du)) in dg.iter_mut().zip(du).enumerate() {
             let (g, u, d) = (gate[at + i], up[at + i], dout[at + i]);
-            let s = sigmoid(g);
-            *dg = d * u * s * (1.0 + g * (1.0 - s));
-            *du = d * g * s;
+            let (a, da) = activation(act, g);
+            *dg = d * u * da;
+            *du = d * a;
         }
     });
+}
+
+/// Adds `bias` to every row of `x` (rows of `bias.len()`).
+pub(super) fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (x, b) in row.iter_mut().zip(bias) {
+            *x += b;
+        }
+    }
+}
+
+/// The backward pass of [`add_bias`] for the bias: `db += Σ_rows dy`.
+pub(super) fn bias_backward(dy: &[f32], db: &mut [f32]) {
+    for row in dy.chunks_exact(db.len()) {
+        for (g, d) in db.iter_mut().zip(row) {
+            *g += d;
+        }
+    }
 }
 
 /// `out[i] = x[i] · mask[i]`.
@@ -171,8 +216,8 @@ mod tests {
     }
 
     #[test]
-    fn inverse_rope_undoes_rope_and_swiglu_backward_matches_finite_differences() {
-        let tables = RopeTables::new(4, 10000.0, 16);
+    fn inverse_rope_undoes_rope_and_gated_backward_matches_finite_differences() {
+        let tables = RopeTables::new(4, 10000.0, 16, None);
         let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.25 - 1.0).collect();
         let mut y = x.clone();
         rope(&mut y, 8, &[3, 11], &tables, false);
@@ -180,18 +225,20 @@ mod tests {
         rope(&mut y, 8, &[3, 11], &tables, true);
         assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-5));
 
-        let (g, u) = (vec![-1.5f32, 0.2, 2.0], vec![0.7f32, -1.1, 0.4]);
-        let dout = [0.3f32, -0.8, 1.1];
-        let (mut dg, mut du) = (vec![0.0; 3], vec![0.0; 3]);
-        swiglu_backward(&dout, &g, &u, &mut dg, &mut du);
-        let loss = |g: &[f32], u: &[f32]| {
-            let mut o = vec![0.0; 3];
-            swiglu(g, u, &mut o);
-            o.iter().zip(&dout).map(|(o, d)| (o * d) as f64).sum::<f64>()
-        };
-        for i in 0..3 {
-            assert!((dg[i] as f64 - numeric(&|g| loss(g, &u), &g, i)).abs() < 1e-3);
-            assert!((du[i] as f64 - numeric(&|u| loss(&g, u), &u, i)).abs() < 1e-3);
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let (g, u) = (vec![-1.5f32, 0.2, 2.0], vec![0.7f32, -1.1, 0.4]);
+            let dout = [0.3f32, -0.8, 1.1];
+            let (mut dg, mut du) = (vec![0.0; 3], vec![0.0; 3]);
+            gated_backward(&dout, &g, &u, &mut dg, &mut du, act);
+            let loss = |g: &[f32], u: &[f32]| {
+                let mut o = vec![0.0; 3];
+                gated(g, u, &mut o, act);
+                o.iter().zip(&dout).map(|(o, d)| (o * d) as f64).sum::<f64>()
+            };
+            for i in 0..3 {
+                assert!((dg[i] as f64 - numeric(&|g| loss(g, &u), &g, i)).abs() < 1e-3, "{act:?} dgate[{i}]");
+                assert!((du[i] as f64 - numeric(&|u| loss(&g, u), &u, i)).abs() < 1e-3, "{act:?} dup[{i}]");
+            }
         }
     }
 }
