@@ -23,6 +23,8 @@
 
 mod engine;
 mod error;
+#[cfg(test)]
+mod family_checks;
 mod formats;
 mod gemm;
 mod model;

@@ -120,9 +120,14 @@ pub struct ModelConfig {
     /// Bias on the MLP projections; only `false` is implemented.
     #[serde(default)]
     pub mlp_bias: bool,
-    /// RoPE scaling: `null`, `linear` or `llama3` ([`ModelConfig::rope_scaling`]).
+    /// RoPE scaling: `null`, `linear` or `llama3` ([`ModelConfig::rope`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
+    /// `transformers` 5's RoPE settings, which replace `rope_theta`, `rope_scaling` and
+    /// `rope_local_base_freq` where present: one `{rope_theta, rope_type, …}` object, or one per
+    /// layer type (`full_attention`, `sliding_attention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
     /// Gemma: queries are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_pre_attn_scalar: Option<f64>,
@@ -156,6 +161,35 @@ fn default_rope_theta() -> f64 {
     10_000.0
 }
 
+/// The frequency scaling a `rope_scaling` or `rope_parameters` object asks for (`None`: plain
+/// RoPE); `field` names the key in errors.
+fn rope_scaling(value: &serde_json::Value, field: &'static str) -> Result<Option<RopeScaling>> {
+    let bad = |reason: String| EngineError::config(field, reason);
+    let kind = match value.get("rope_type").or_else(|| value.get("type")) {
+        None if value.get("rope_theta").is_some() => "default",
+        None => return Err(bad(format!("{value} names no `rope_type`"))),
+        Some(kind) => kind.as_str().ok_or_else(|| bad(format!("{value}: `rope_type` is not a string")))?,
+    };
+    let number = |key: &str| {
+        value
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| bad(format!("`{kind}` needs a positive `{key}`")))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear { factor: number("factor")? })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_position_embeddings: number("original_max_position_embeddings")?,
+        })),
+        other => Err(bad(format!("RoPE scaling `{other}` is not supported (linear, llama3)"))),
+    }
+}
+
 /// Gemma 3's sliding-window pattern when the config names none: five local layers, one global.
 const GEMMA3_PATTERN: usize = 6;
 
@@ -183,6 +217,7 @@ impl ModelConfig {
             attention_bias: false,
             mlp_bias: false,
             rope_scaling: None,
+            rope_parameters: None,
             query_pre_attn_scalar: None,
             sliding_window: None,
             use_sliding_window: false,
@@ -263,7 +298,8 @@ impl ModelConfig {
         if self.mlp_bias {
             return Err(EngineError::config("mlp_bias", "biases are not supported"));
         }
-        self.rope_scaling()?;
+        self.rope(false)?;
+        self.rope(true)?;
         if self.use_sliding_window {
             return Err(EngineError::config(
                 "use_sliding_window",
@@ -356,33 +392,33 @@ impl ModelConfig {
         }
     }
 
-    /// The RoPE scaling `rope_scaling` asks for (`None`: plain RoPE).
-    pub fn rope_scaling(&self) -> Result<Option<RopeScaling>> {
-        let Some(value) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) else { return Ok(None) };
-        let bad = |reason: String| EngineError::config("rope_scaling", reason);
-        let kind = value
-            .get("rope_type")
-            .or_else(|| value.get("type"))
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad(format!("{value} names no `rope_type`")))?;
-        let number = |key: &str| {
-            value
-                .get(key)
+    /// The RoPE base and frequency scaling of the global layers, or (`local`) of Gemma 3's
+    /// sliding ones (whose scaling is always none), from `rope_parameters` where present, else
+    /// from `rope_theta`, `rope_scaling` and `rope_local_base_freq`.
+    pub fn rope(&self, local: bool) -> Result<(f64, Option<RopeScaling>)> {
+        let bad = |reason: String| EngineError::config("rope_parameters", reason);
+        if let Some(params) = self.rope_parameters.as_ref().filter(|v| !v.is_null()) {
+            let layer_type = if local { "sliding_attention" } else { "full_attention" };
+            let params = match params.get(layer_type) {
+                Some(entry) => entry,
+                None if params.get("rope_theta").is_some() => params,
+                None => return Err(bad(format!("{params} has neither `rope_theta` nor `{layer_type}`"))),
+            };
+            let theta = params
+                .get("rope_theta")
                 .and_then(serde_json::Value::as_f64)
                 .filter(|v| v.is_finite() && *v > 0.0)
-                .ok_or_else(|| bad(format!("`{kind}` needs a positive `{key}`")))
-        };
-        match kind {
-            "default" => Ok(None),
-            "linear" => Ok(Some(RopeScaling::Linear { factor: number("factor")? })),
-            "llama3" => Ok(Some(RopeScaling::Llama3 {
-                factor: number("factor")?,
-                low_freq_factor: number("low_freq_factor")?,
-                high_freq_factor: number("high_freq_factor")?,
-                original_max_position_embeddings: number("original_max_position_embeddings")?,
-            })),
-            other => Err(bad(format!("RoPE scaling `{other}` is not supported (linear, llama3)"))),
+                .ok_or_else(|| bad(format!("{params} has no positive `rope_theta`")))?;
+            return Ok((theta, rope_scaling(params, "rope_parameters")?));
         }
+        if local {
+            return Ok((self.rope_local_base_freq.unwrap_or(10_000.0), None));
+        }
+        let scaling = match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            Some(value) => rope_scaling(value, "rope_scaling")?,
+            None => None,
+        };
+        Ok((self.rope_theta, scaling))
     }
 
     /// What attention's scores are divided by the square root of: `query_pre_attn_scalar`

@@ -214,10 +214,14 @@ impl DecoderModel {
             })
             .collect();
         let (hd, positions) = (config.head_dim(), config.max_position_embeddings);
-        let rope = RopeTables::new(hd, config.rope_theta, positions, config.rope_scaling()?);
-        let rope_local = (0..config.num_hidden_layers)
-            .any(|l| config.layer_attention(l).local_rope)
-            .then(|| RopeTables::new(hd, config.rope_local_base_freq.unwrap_or(10_000.0), positions, None));
+        let (theta, scaling) = config.rope(false)?;
+        let rope = RopeTables::new(hd, theta, positions, scaling);
+        let rope_local = if (0..config.num_hidden_layers).any(|l| config.layer_attention(l).local_rope) {
+            let (theta, scaling) = config.rope(true)?;
+            Some(RopeTables::new(hd, theta, positions, scaling))
+        } else {
+            None
+        };
         Ok(Self {
             config: config.clone(),
             embed: take(EMBED),
