@@ -89,8 +89,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
         } else if family.gguf_permutes_qk() && name.ends_with("attn_k.weight") {
             t = unpermute_rows(&t, config.kv_heads())?;
         }
-        let norm = hf == crate::model::arch::FINAL_NORM || family.part_of(&hf).is_some_and(|(_, p)| p.is_norm());
-        if offset != 0.0 && norm {
+        if offset != 0.0 && family.is_norm(&hf) {
             t = (t - offset)?;
         }
         tensors.insert(hf, t);

@@ -243,6 +243,12 @@ impl Family {
         Some(format!("blk.{layer}.{}", self.gguf_part(part)))
     }
 
+    /// Whether the Hugging Face tensor `hf` is a norm weight of this family (the final norm or a
+    /// layer's), the tensors Gemma's checkpoints store less [`Family::norm_offset`].
+    pub fn is_norm(self, hf: &str) -> bool {
+        hf == FINAL_NORM || self.part_of(hf).is_some_and(|(_, p)| p.is_norm())
+    }
+
     /// The part a Hugging Face tensor name is, with its layer (`None` outside the layers).
     pub fn part_of(self, hf: &str) -> Option<(usize, Part)> {
         let (layer, name) = hf.strip_prefix("model.layers.")?.split_once('.')?;

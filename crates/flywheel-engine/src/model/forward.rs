@@ -138,8 +138,7 @@ impl DecoderModel {
         }
         let hd = c.head_dim();
         let positions = position_ids.flatten_all()?;
-        let at_positions = |tables: &crate::model::rope::RopeTables| -> Result<(Tensor, Tensor)> {
-            let (cos, sin) = tables.tensors(self.dtype, &self.device)?;
+        let at_positions = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
             Ok((
                 cos.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
                 sin.index_select(&positions, 0)?.reshape((b, 1, t, hd / 2))?,
@@ -156,8 +155,8 @@ impl DecoderModel {
         Ok(LayerContext {
             b,
             t,
-            rope: at_positions(&self.rope)?,
-            rope_local: self.rope_local.as_ref().map(at_positions).transpose()?,
+            rope: at_positions(&self.rope_tensors)?,
+            rope_local: self.rope_local_tensors.as_ref().map(at_positions).transpose()?,
             mask: self.attention_mask(b, t, key_mask, None)?,
             window_masks,
             scale: 1.0 / c.query_scalar().sqrt(),

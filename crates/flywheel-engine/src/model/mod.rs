@@ -55,6 +55,10 @@ pub struct DecoderModel {
     pub(crate) rope: RopeTables,
     /// RoPE of Gemma 3's sliding layers.
     pub(crate) rope_local: Option<RopeTables>,
+    /// `rope` and `rope_local` as `(max_positions, head_dim/2)` cosine and sine tensors of the
+    /// model's dtype (for the differentiable path), made once.
+    pub(crate) rope_tensors: (Tensor, Tensor),
+    pub(crate) rope_local_tensors: Option<(Tensor, Tensor)>,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
     /// LoRA adapters; while attached, only they train and the base weights are frozen.
@@ -109,11 +113,6 @@ pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Whether a parameter is a norm weight (which Gemma's checkpoints store less one).
-fn is_norm(config: &ModelConfig, name: &str) -> bool {
-    name == FINAL_NORM || config.family.part_of(name).is_some_and(|(_, p)| p.is_norm())
-}
-
 /// Whether a tensor of a checkpoint may be ignored: buffers some exporters write, and a duplicate
 /// `lm_head.weight` next to tied embeddings.
 fn ignorable(name: &str, config: &ModelConfig) -> bool {
@@ -130,7 +129,7 @@ impl DecoderModel {
         let mut tensors = HashMap::new();
         for (name, shape) in parameter_shapes(config) {
             let count: usize = shape.iter().product();
-            let values: Vec<f32> = if is_norm(config, &name) {
+            let values: Vec<f32> = if config.family.is_norm(&name) {
                 vec![1.0 - config.family.norm_offset(); count]
             } else if shape.len() == 1 {
                 vec![0.0; count]
@@ -148,7 +147,7 @@ impl DecoderModel {
         let offset = f64::from(config.family.norm_offset());
         if offset != 0.0 {
             for (name, t) in tensors.iter_mut() {
-                if is_norm(config, name) {
+                if config.family.is_norm(name) {
                     *t = (t.to_dtype(DType::F32)? + offset)?;
                 }
             }
@@ -229,6 +228,8 @@ impl DecoderModel {
             norm: take(FINAL_NORM),
             lm_head: (!config.tied()).then(|| take(LM_HEAD)),
             varmap,
+            rope_tensors: rope.tensors(dtype, &Device::Cpu)?,
+            rope_local_tensors: rope_local.as_ref().map(|r| r.tensors(dtype, &Device::Cpu)).transpose()?,
             rope,
             rope_local,
             dtype,
@@ -267,7 +268,7 @@ impl DecoderModel {
             .into_iter()
             .map(|(n, v)| {
                 let t = v.as_tensor().copy()?.detach();
-                let t = if offset != 0.0 && is_norm(&self.config, &n) { (t - offset)? } else { t };
+                let t = if offset != 0.0 && self.config.family.is_norm(&n) { (t - offset)? } else { t };
                 Ok((n, t))
             })
             .collect()

@@ -194,12 +194,8 @@ pub(crate) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 
 /// RMSNorm of every row of `x` (rows of `w.len()` floats).
 pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(w.len()) {
-        let ms = dot(row, row) / w.len() as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(&a, &g)| a * inv * g));
-    }
+    let mut out = x.to_vec();
+    rms_norm_in_place(&mut out, w, eps);
     out
 }
 

@@ -11,6 +11,7 @@ use super::pass::Pass;
 use super::{LayerActs, Scratch};
 use crate::model::arch::Part;
 use crate::model::lora::Proj;
+use crate::sample::kernels::add_assign;
 
 impl Pass<'_> {
     /// Decoder layer `l` from `x` to `out`, keeping what its backward pass reads in `acts`.
@@ -27,7 +28,7 @@ impl Pass<'_> {
         let (t, d, f, hd) = (self.packed.rows(), c.hidden_size, c.intermediate_size, c.head_dim());
         let (qw, kw) = (self.dims(Proj::Q).0, self.dims(Proj::K).0);
         let layer = &self.params.layers[l];
-        let act = c.activation().expect("validated with the config");
+        let act = self.activation;
         let LayerActs {
             rstd1,
             h1,
@@ -84,7 +85,7 @@ impl Pass<'_> {
                 self.project(l, Proj::O, o, sized(o_proj, t * d), false, ao, sc, rng);
                 let normed = sized(&mut ws.act, t * d);
                 ops::rms_norm(o_proj, w.get(), self.eps(), normed, sized(rstd_o, t));
-                add_into(x2, normed);
+                add_assign(x2, normed);
             }
             None => self.project(l, Proj::O, o, x2, true, ao, sc, rng),
         }
@@ -99,7 +100,7 @@ impl Pass<'_> {
                 self.project(l, Proj::Down, &ws.act, sized(down, t * d), false, ad, sc, rng);
                 let normed = sized(&mut ws.dx2, t * d);
                 ops::rms_norm(down, w.get(), self.eps(), normed, sized(rstd_down, t));
-                add_into(out, normed);
+                add_assign(out, normed);
             }
             None => self.project(l, Proj::Down, &ws.act, out, true, ad, sc, rng),
         }
@@ -123,7 +124,7 @@ impl Pass<'_> {
         let (t, d, f) = (self.packed.rows(), c.hidden_size, c.intermediate_size);
         let (qw, kw) = (self.dims(Proj::Q).0, self.dims(Proj::K).0);
         let layer = &self.params.layers[l];
-        let act = c.activation().expect("validated with the config");
+        let act = self.activation;
         let [aq, ak, av, ao, ag, au, ad] = &acts.adapters;
         let sc = &mut ws.adapter;
 
@@ -200,12 +201,5 @@ impl Pass<'_> {
             let w1 = layer.attn_norm.get();
             ops::rms_norm_backward(&ws.dh, x, &acts.rstd1, w1, dx, grads.part(l, Part::AttnNorm));
         }
-    }
-}
-
-/// `dst[i] += src[i]`.
-fn add_into(dst: &mut [f32], src: &[f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += s;
     }
 }

@@ -253,6 +253,7 @@ impl FusedTrainer {
             ropes: (0..layers).map(|l| model.rope_for(l)).collect(),
             packed,
             heads: (0..layers).map(heads).collect(),
+            activation: c.activation()?,
         };
         let (t, d, scale) = (packed.rows(), c.hidden_size, c.embed_scale());
         let Workspace { xs, layers, dx, scratch } = &mut self.ws;

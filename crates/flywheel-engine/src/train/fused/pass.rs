@@ -10,6 +10,7 @@ use super::pack::Packed;
 use super::params::{Grads, Params};
 use super::{AdapterActs, AdapterScratch, HeadScratch};
 use crate::gemm::{matmul, MatMut, MatRef};
+use crate::model::arch::Activation;
 use crate::model::config::ModelConfig;
 use crate::model::lora::{LoraConfig, Proj};
 use crate::model::rope::RopeTables;
@@ -28,6 +29,8 @@ pub(super) struct Pass<'a> {
     pub packed: &'a Packed,
     /// The attention shape of each layer (its window, where it slides).
     pub heads: Vec<Heads>,
+    /// The MLP's gate activation.
+    pub activation: Activation,
 }
 
 impl Pass<'_> {
